@@ -1,0 +1,42 @@
+# One-command entry points. Each bootstraps .venv (and, for the tests, the local Kafka, Redis and
+# S3 servers) on a fresh Debian machine, then does its job.
+
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed-stamp
+SW := $(VENV)/bin/signwatch
+
+.PHONY: demo test test-unit stack-up stack-down install lock clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade "pip>=24"
+	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[dev,bench]'
+	touch $@
+
+demo: $(STAMP)
+	$(SW) demo
+
+# The stack is stopped even when tests fail; the exit status is pytest's.
+test: $(STAMP)
+	$(SW) stack up
+	status=0; $(VENV)/bin/python -m pytest tests -ra --durations=15 || status=$$?; \
+	$(SW) stack down; exit $$status
+
+test-unit: $(STAMP)
+	$(VENV)/bin/python -m pytest tests -m "not stack"
+
+stack-up: $(STAMP)
+	$(SW) stack up
+
+stack-down: $(STAMP)
+	$(SW) stack down
+
+# Refresh the lock after changing dependency ranges in pyproject.toml.
+lock: $(STAMP)
+	$(VENV)/bin/pip freeze --exclude-editable | grep -v '^signwatch' > constraints.txt
+
+clean:
+	rm -rf signwatch-demo signwatch-data .pytest_cache

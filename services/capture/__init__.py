@@ -1,0 +1,1 @@
+"""Capture service: samples inference events into SageMaker JSON lines in the object store."""

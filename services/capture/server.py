@@ -1,0 +1,42 @@
+"""Composition root of the capture service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from signwatch.capture import CaptureBatcher
+from signwatch.config import Settings
+from signwatch.consuming import ConsumerLoop
+from signwatch.events import InferenceEvent, parse_event
+from signwatch.ports.bus import Message
+from signwatch.runtime import Ports, open_ports
+
+GROUP = "signwatch-capture"
+
+
+@dataclass
+class CaptureHandler:
+    batcher: CaptureBatcher
+
+    def process(self, message: Message) -> None:
+        self.batcher.add(message, parse_event(message.value, InferenceEvent))
+
+    def due(self) -> bool:
+        return self.batcher.due()
+
+    def flush(self) -> None:
+        self.batcher.flush()
+
+
+def build_loop(settings: Settings, ports: Ports | None = None) -> ConsumerLoop:
+    ports = ports or open_ports(settings)
+    ports.bus.ensure_topics([settings.inference_topic], settings.topic_partitions)
+    batcher = CaptureBatcher(
+        store=ports.store,
+        prefix=settings.capture_prefix,
+        sampling_percentage=settings.capture_sampling_percentage,
+        max_records=settings.capture_batch_records,
+        max_age_s=settings.capture_flush_seconds,
+    )
+    return ConsumerLoop(ports.bus, [settings.inference_topic], GROUP, CaptureHandler(batcher),
+                        poll_timeout_ms=settings.poll_timeout_ms)

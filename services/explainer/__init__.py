@@ -1,0 +1,1 @@
+"""Explainer service: saliency maps and reports for the inputs behind each violation."""

@@ -1,0 +1,52 @@
+"""Composition root of the explainer service."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from signwatch.config import Settings
+from signwatch.consuming import ConsumerLoop
+from signwatch.events import ExplanationEvent, ViolationEvent, parse_event
+from signwatch.explaining import Explainer
+from signwatch.model import load_model
+from signwatch.ports.bus import EventBus, Message, publish_and_wait
+from signwatch.runtime import Ports, open_ports
+
+GROUP = "signwatch-explainer"
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExplainerHandler:
+    explainer: Explainer
+    bus: EventBus
+    topic: str
+    published: list[ExplanationEvent] = field(default_factory=list)
+
+    def process(self, message: Message) -> None:
+        violation = parse_event(message.value, ViolationEvent)
+        explanation = self.explainer.explain(violation)
+        publish_and_wait(self.bus, self.topic, explanation.violation_id, explanation.to_bytes())
+        log.info("explained violation %s: %s", violation.violation_id, explanation.report)
+        self.published.append(explanation)
+
+    def due(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        return None
+
+
+def build_explainer(settings: Settings, ports: Ports) -> Explainer:
+    model, spec = load_model(settings.model_path)
+    return Explainer(model=model, spec=spec, store=ports.store, prefix=settings.explanations_prefix)
+
+
+def build_loop(settings: Settings, ports: Ports | None = None) -> ConsumerLoop:
+    ports = ports or open_ports(settings)
+    ports.bus.ensure_topics([settings.violations_topic, settings.explanations_topic],
+                            settings.topic_partitions)
+    handler = ExplainerHandler(build_explainer(settings, ports), ports.bus, settings.explanations_topic)
+    return ConsumerLoop(ports.bus, [settings.violations_topic], GROUP, handler,
+                        poll_timeout_ms=settings.poll_timeout_ms)

@@ -1,0 +1,207 @@
+"""The ``signwatch`` command line: serve the services, run the demo, manage the local stack."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="Serve, capture, monitor and explain a traffic-sign classifier.")
+
+
+def _mount_subapps() -> None:
+    from signwatch.data.cli import data_app
+    from signwatch.stack.cli import stack_app
+
+    app.add_typer(stack_app, name="stack", help="Local Kafka, Redis and S3 servers.")
+    app.add_typer(data_app, name="data", help="Render the look-alike traffic-sign data set.")
+
+
+class Service(str, Enum):
+    inference = "inference"
+    capture = "capture"
+    monitor = "monitor"
+    explainer = "explainer"
+    all = "all"
+
+
+def load_settings(**overrides):
+    from signwatch.config import Settings, with_local_stack
+
+    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    return with_local_stack(settings)
+
+
+def _run_loops(loops) -> None:
+    """Run consumer loops until SIGINT/SIGTERM, then stop them cleanly (flush, commit)."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    threads = [loop.start_thread() for loop in loops]
+    while not stop.wait(0.5):
+        if not all(t.is_alive() for t in threads):
+            break
+    for loop in loops:
+        loop.stop()
+    for t in threads:
+        t.join(30)
+
+
+@app.command()
+def serve(
+    service: Service = typer.Argument(..., help="which service to run"),
+    host: Optional[str] = typer.Option(None, help="inference bind address (default 127.0.0.1)"),
+    port: Optional[int] = typer.Option(None, help="inference port (default 8080)"),
+) -> None:
+    """Run one service, or all of them in one process, on the configured ports."""
+    from signwatch.runtime import configure_logging, open_ports
+
+    configure_logging()
+    settings = load_settings(host=host, port=port)
+    ports = open_ports(settings)
+    loops = []
+    if service in (Service.capture, Service.all):
+        from signwatch_services.capture.server import build_loop
+
+        loops.append(build_loop(settings, ports))
+    if service in (Service.monitor, Service.all):
+        from signwatch_services.monitor.server import build_loop
+
+        loops.append(build_loop(settings, ports=ports))
+    if service in (Service.explainer, Service.all):
+        from signwatch_services.explainer.server import build_loop
+
+        loops.append(build_loop(settings, ports))
+    if service in (Service.inference, Service.all):
+        import uvicorn
+
+        from signwatch_services.inference.server import build_core, create_app
+
+        threads = [loop.start_thread() for loop in loops]
+        core = build_core(settings, ports)
+        try:
+            uvicorn.run(create_app(core), host=settings.host, port=settings.port, log_level="info")
+        finally:
+            for loop in loops:
+                loop.stop()
+            for t in threads:
+                t.join(30)
+            core.close()
+        return
+    _run_loops(loops)
+    ports.close()
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("signwatch-demo"), help="output folder"),
+    normal: int = typer.Option(120, min=1, max=100_000, help="clean images to send first"),
+    adversarial: int = typer.Option(280, min=1, max=100_000, help="adversarial images (target Stop)"),
+    seed: int = typer.Option(0, help="seed for rendering and attacks"),
+) -> None:
+    """The whole loop embedded in one process: serve, capture, monitor, attack, explain."""
+    from signwatch.demo import run_demo
+    from signwatch.runtime import configure_logging
+
+    configure_logging("WARNING")
+    summary = run_demo(out, normal=normal, adversarial=adversarial, seed=seed)
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command()
+def train(
+    out: Path = typer.Option(Path("models/signwatch-resnet18.safetensors"), help="weights to write"),
+    epochs: int = typer.Option(8, min=1, max=1000),
+    per_epoch: int = typer.Option(20_000, min=43, help="freshly rendered images per epoch"),
+    input_size: int = typer.Option(64, help="64 (default) or 128, the reference's size"),
+    batch_size: int = typer.Option(128, min=1),
+    lr: float = typer.Option(3e-3, min=0),
+    seed: int = typer.Option(0),
+    workers: int = typer.Option(2, min=1, help="rendering processes"),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)"),
+    gtsrb: Optional[Path] = typer.Option(None, help="train on a real GTSRB copy (Final_Training/...)"),
+    from_manifest: Optional[Path] = typer.Option(None, help="repeat the training recorded in a manifest"),
+) -> None:
+    """Train the ResNet18 on freshly rendered signs (or real GTSRB) and write safetensors + manifest."""
+    from signwatch.model.train import TrainConfig, load_config, train as run_training
+
+    if input_size not in (32, 48, 64, 96, 128):
+        raise typer.BadParameter("input size must be one of 32, 48, 64, 96, 128")
+    cfg = load_config(from_manifest) if from_manifest else TrainConfig(
+        epochs=epochs, per_epoch=per_epoch, batch_size=batch_size, lr=lr, input_size=input_size,
+        seed=seed, workers=workers, gtsrb_root=str(gtsrb) if gtsrb else None)
+    record = run_training(cfg, out, device=device)
+    typer.echo(json.dumps({"weights": str(out), "history": record["history"]}, indent=2))
+
+
+@app.command()
+def evaluate(
+    weights: Optional[Path] = typer.Option(None, help="safetensors weights (default: shipped)"),
+    count: int = typer.Option(2000, min=43, help="test images per variant"),
+    seed: int = typer.Option(99, help="test-set seed (test split: never seen in training)"),
+    variant: list[str] = typer.Option(["clean", "snow", "night", "fog"], help="variants to evaluate"),
+    out: Path = typer.Option(Path("evaluation"), help="folder for confusion-matrix PNGs"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object keyed by variant"),
+    device: Optional[str] = typer.Option(None),
+) -> None:
+    """Accuracy, per-class accuracy, calibration and confusion matrices, clean and under drift."""
+    from signwatch.model import load_model
+    from signwatch.model.evaluate import VARIANTS, evaluate as run_evaluation
+
+    bad = [v for v in variant if v not in VARIANTS]
+    if bad:
+        typer.echo(f"unknown variant(s) {bad}; choose from {list(VARIANTS)}", err=True)
+        raise typer.Exit(2)
+    try:
+        model, spec = load_model(weights)
+    except (FileNotFoundError, ValueError) as exc:
+        typer.echo(f"cannot load model: {exc}", err=True)
+        raise typer.Exit(1)
+    results = run_evaluation(model, spec, count=count, seed=seed, variants=variant, out_dir=out, device=device)
+    if as_json:
+        typer.echo(json.dumps(results))
+        return
+    for name, r in results.items():
+        typer.echo(f"{name:>6}: accuracy {r['accuracy']:.4f}  mean confidence {r['mean_confidence']:.4f}  "
+                   f"ECE {r['ece']:.4f}  ({r.get('confusion_matrix_png', '')})")
+
+
+monitor_app = typer.Typer(no_args_is_help=True, help="Monitoring jobs.")
+app.add_typer(monitor_app, name="monitor")
+
+
+@monitor_app.command("batch")
+def monitor_batch(
+    prefix: str = typer.Option("datacapture", help="capture prefix in the store"),
+    output: str = typer.Option("monitoring/constraint_violations.json",
+                               help="store key of the violations report"),
+) -> None:
+    """The scheduled job: check captured files and write constraint_violations.json."""
+    from signwatch.model import ModelSpec
+    from signwatch.monitoring import Rules, run_batch
+    from signwatch.runtime import open_ports
+
+    settings = load_settings()
+    ports = open_ports(settings)
+    keys = [k for k in ports.store.list(prefix) if k.endswith(".jsonl")]
+    if not keys:
+        typer.echo(f"no capture files under {prefix!r}", err=True)
+        raise typer.Exit(1)
+    report = run_batch([ports.store.get(k) for k in keys], Rules.from_settings(settings),
+                       ModelSpec().class_names)
+    uri = ports.store.put(output, json.dumps({"violations": report["violations"]}, indent=2).encode(),
+                          "application/json")
+    typer.echo(json.dumps(report | {"files": len(keys), "report": uri}, indent=2))
+    raise typer.Exit(2 if report["violations"] else 0)
+
+
+_mount_subapps()
+
+if __name__ == "__main__":
+    app()

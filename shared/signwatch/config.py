@@ -1,0 +1,93 @@
+"""Settings for every service, read once by a composition root and passed in.
+
+All variables carry the ``SIGNWATCH_`` prefix. When the bus, store and state URLs are left
+unset and a local stack was started with ``signwatch stack up`` in the working directory, the
+stack's endpoints are used; otherwise everything runs embedded in memory and a local folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SIGNWATCH_", extra="ignore")
+
+    # Ports, chosen by URL scheme (see signwatch.ports).
+    bus_url: str | None = Field(None, description="kafka://host:port or memory://")
+    store_url: str | None = Field(None, description="s3://bucket?endpoint=URL or file:///path")
+    state_url: str | None = Field(None, description="redis://host:port/db or memory://")
+    s3_access_key: SecretStr | None = None
+    s3_secret_key: SecretStr | None = None
+    s3_region: str = "us-east-1"
+
+    # Topics.
+    inference_topic: str = "signwatch.inference"
+    violations_topic: str = "signwatch.violations"
+    explanations_topic: str = "signwatch.explanations"
+    topic_partitions: int = Field(3, ge=1)
+
+    # Endpoint identity, as SageMaker names it.
+    endpoint: str = "signwatch"
+    variant: str = "AllTraffic"
+
+    # Inference service.
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    model_path: Path | None = Field(None, description="safetensors weights; shipped ones by default")
+    max_body_bytes: int = Field(5 * 1024 * 1024, ge=1024)
+    max_image_side: int = Field(4096, ge=8)
+    max_batch_size: int = Field(16, ge=1)
+    max_batch_wait_ms: float = Field(5.0, ge=0)
+    top_k: int = Field(5, ge=1, le=43)
+    inline_input_limit_bytes: int = Field(
+        64 * 1024, description="inputs larger than this travel by claim check in the store"
+    )
+    admin_token: SecretStr | None = Field(None, description="bearer token for /admin endpoints")
+
+    # Capture service.
+    capture_prefix: str = "datacapture"
+    capture_sampling_percentage: float = Field(100.0, ge=0, le=100)
+    capture_batch_records: int = Field(100, ge=1)
+    capture_flush_seconds: float = Field(5.0, gt=0)
+
+    # Monitor service.
+    monitor_share_threshold: float = Field(0.5, gt=0, le=1)
+    monitor_min_predictions: int = Field(20, ge=1)
+    monitor_low_confidence: float = Field(0.5, ge=0, le=1)
+    monitor_low_confidence_share: float = Field(0.5, gt=0, le=1)
+    monitor_window_seconds: int = Field(3600, ge=1)
+    monitor_bucket_seconds: int = Field(60, ge=1)
+    monitor_cooldown_seconds: int = Field(3600, ge=0)
+    monitor_samples_per_class: int = Field(8, ge=1, le=64)
+
+    # Explainer service.
+    explanations_prefix: str = "explanations"
+    explainer_port: int = Field(8081, ge=0, le=65535)
+
+    # Consumers.
+    poll_timeout_ms: int = Field(500, ge=1)
+
+
+def with_local_stack(settings: Settings, root: Path | None = None) -> Settings:
+    """Fill unset port URLs from a stack started by ``signwatch stack up`` under ``root``."""
+    from signwatch.stack import stack_env
+
+    env = stack_env(root or Path.cwd())
+    if not env:
+        return settings
+    updates: dict[str, object] = {}
+    for field, var in (
+        ("bus_url", "SIGNWATCH_BUS_URL"),
+        ("store_url", "SIGNWATCH_STORE_URL"),
+        ("state_url", "SIGNWATCH_STATE_URL"),
+    ):
+        if getattr(settings, field) is None and var in env:
+            updates[field] = env[var]
+    if settings.s3_access_key is None and "SIGNWATCH_S3_ACCESS_KEY" in env:
+        updates["s3_access_key"] = SecretStr(env["SIGNWATCH_S3_ACCESS_KEY"])
+        updates["s3_secret_key"] = SecretStr(env["SIGNWATCH_S3_SECRET_KEY"])
+    return settings.model_copy(update=updates)

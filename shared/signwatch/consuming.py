@@ -1,0 +1,154 @@
+"""The consumer loop every worker service runs: poll, process, make durable, then commit.
+
+Offsets are committed only after ``handler.flush()`` returned, so a crash replays what was not
+yet durable (at-least-once); handlers make replays harmless (idempotent keys, exactly-once
+tokens). A message the handler rejects as poison, or that keeps failing after ``max_attempts``,
+goes to the dead-letter topic ``<topic>.dlq`` and is counted; it never stops the stream.
+Transient failures (a server that went away) are retried with backoff until it comes back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, Counter
+
+from signwatch.events import PoisonMessage
+from signwatch.ports.bus import EventBus, Message
+
+log = logging.getLogger(__name__)
+
+
+class Handler(Protocol):
+    def process(self, message: Message) -> None:
+        """Handle one message; raise PoisonMessage for input that can never succeed."""
+
+    def due(self) -> bool:
+        """True when buffered work should be made durable now."""
+
+    def flush(self) -> None:
+        """Make everything processed so far durable."""
+
+
+class ConsumerLoop:
+    def __init__(
+        self,
+        bus: EventBus,
+        topics: list[str],
+        group: str,
+        handler: Handler,
+        registry: CollectorRegistry | None = None,
+        poll_timeout_ms: int = 500,
+        max_attempts: int = 8,
+        backoff_s: float = 0.2,
+        max_backoff_s: float = 5.0,
+    ) -> None:
+        self.bus = bus
+        self.topics = topics
+        self.group = group
+        self.handler = handler
+        self.poll_timeout_ms = poll_timeout_ms
+        self.max_attempts = max_attempts
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.stopping = threading.Event()
+        self._consumer = None
+        self._uncommitted: list[Message] = []
+        registry = registry or CollectorRegistry()
+        self.messages = Counter(
+            "signwatch_consumer_messages_total", "Messages by outcome",
+            ["group", "outcome"], registry=registry,
+        )
+        self.processed = 0
+
+    def _dead_letter(self, message: Message, reason: str) -> None:
+        self.messages.labels(self.group, "dead_lettered").inc()
+        log.error("%s: dead-lettering %s/%d@%d: %s", self.group, message.topic,
+                  message.partition, message.offset, reason)
+        try:
+            self.bus.publish(f"{message.topic}.dlq", message.key or "", message.value)
+        except Exception as exc:  # noqa: BLE001 - the count above still records it
+            log.error("%s: dead-letter publish failed: %s", self.group, exc)
+
+    def _retrying(self, what: str, action, tries: int | None = None) -> bool:
+        """Run ``action`` until it succeeds, we are stopping, or ``tries`` ran out."""
+        delay = self.backoff_s
+        attempt = 0
+        while tries is not None or not self.stopping.is_set():
+            attempt += 1
+            try:
+                action()
+                return True
+            except Exception as exc:  # noqa: BLE001
+                log.warning("%s: %s failed (%s); retrying in %.1fs", self.group, what, exc, delay)
+                if tries is not None and attempt >= tries:
+                    return False
+                time.sleep(delay) if tries is not None else self.stopping.wait(delay)
+                delay = min(delay * 2, self.max_backoff_s)
+        return False
+
+    def _process(self, message: Message) -> None:
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                self.handler.process(message)
+                self.messages.labels(self.group, "processed").inc()
+                return
+            except PoisonMessage as exc:
+                self._dead_letter(message, str(exc))
+                return
+            except Exception as exc:  # noqa: BLE001
+                if attempt == self.max_attempts or self.stopping.is_set():
+                    self._dead_letter(message, f"failed {attempt} times: {exc}")
+                    return
+                delay = min(self.backoff_s * 2 ** (attempt - 1), self.max_backoff_s)
+                log.warning("%s: processing failed (%s); retry %d in %.1fs",
+                            self.group, exc, attempt, delay)
+                self.stopping.wait(delay)
+
+    def _commit(self, tries: int | None = None) -> None:
+        if not self._uncommitted:
+            return
+        if not self._retrying("flush", self.handler.flush, tries):
+            return
+        if self._retrying("commit", lambda: self._consumer.commit(self._uncommitted), tries):
+            self._uncommitted = []
+
+    def run_once(self) -> int:
+        if self._consumer is None:
+            self._consumer = self.bus.consumer(self.topics, self.group)
+        messages = self._consumer.poll(timeout_ms=self.poll_timeout_ms)
+        for message in messages:
+            self._process(message)
+            self._uncommitted.append(message)
+        if self._uncommitted and self.handler.due():
+            self._commit()
+        self.processed += len(messages)
+        return len(messages)
+
+    def run(self) -> None:
+        log.info("%s: consuming %s", self.group, ", ".join(self.topics))
+        try:
+            while not self.stopping.is_set():
+                try:
+                    self.run_once()
+                except Exception as exc:  # noqa: BLE001 - e.g. the broker went away
+                    log.warning("%s: poll failed (%s); retrying", self.group, exc)
+                    self.stopping.wait(self.backoff_s)
+            # Make the tail durable on a clean stop; a few tries only, the server may be gone
+            # (then the uncommitted messages are simply replayed by the next consumer).
+            self._commit(tries=3)
+        finally:
+            if self._consumer is not None:
+                self._consumer.close()
+                self._consumer = None
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def start_thread(self) -> threading.Thread:
+        thread = threading.Thread(target=self.run, name=f"consumer-{self.group}", daemon=True)
+        thread.start()
+        return thread

@@ -1,0 +1,65 @@
+"""What the run-time debugger records: the include regex, the sample rate, an optional step cap.
+
+Switched on and off through ``PUT /admin/debugger`` on the inference service (see docs/debugger.md);
+a PUT replaces the whole configuration, so fields left out take their defaults.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from functools import cached_property
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = ["DEFAULT_INCLUDE_REGEX", "MAX_REGEX_LENGTH", "DebuggerConfig", "sampled"]
+
+# The reference's hook configuration: BatchNorm, biases, downsampling, the model input.
+DEFAULT_INCLUDE_REGEX = ".*bn|.*bias|.*downsample|.*ResNet_input|.*image"
+MAX_REGEX_LENGTH = 1000
+
+
+class DebuggerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = False
+    include_regex: str = Field(
+        DEFAULT_INCLUDE_REGEX, min_length=1, max_length=MAX_REGEX_LENGTH,
+        description="tensor names to record: a name is recorded when the regex matches anywhere in "
+                    "it (re.search), as smdebug does; names look like 'layer1.0.bn1_output', "
+                    "'gradient/layer1.0.bn1_output', 'layer1.0.bn1.running_mean', 'image'",
+    )
+    sample_rate: float = Field(
+        1.0, ge=0.0, le=1.0,
+        description="share of requests recorded, decided deterministically from the request id",
+    )
+    max_steps: int | None = Field(
+        None, ge=1, le=10_000_000,
+        description="switch off by itself after recording this many steps (None: no cap)",
+    )
+
+    @field_validator("include_regex")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"include_regex does not compile: {exc}") from exc
+        return value
+
+    @cached_property
+    def pattern(self) -> re.Pattern[str]:
+        return re.compile(self.include_regex)
+
+    def includes(self, name: str) -> bool:
+        return self.pattern.search(name) is not None
+
+
+def sampled(request_id: str, rate: float) -> bool:
+    """Whether ``request_id`` is recorded at ``rate``: the same answer for the same id, everywhere."""
+    if rate >= 1.0:
+        return True
+    if rate <= 0.0:
+        return False
+    bucket = int.from_bytes(hashlib.sha256(request_id.encode()).digest()[:8], "big") / 2.0**64
+    return bucket < rate

@@ -1,0 +1,152 @@
+"""Every event that crosses the bus, as versioned pydantic models.
+
+The ``schema`` field names the type and its version. A consumer that meets a schema it does not
+know (or a message that is not JSON) treats it as poison: it logs it, counts it and moves on.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+class InputPayload(BaseModel):
+    """The request body: inline (base64) or, when large, a claim check in the object store."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    content_type: str
+    encoding: Literal["BASE64"] = "BASE64"
+    data: str | None = None
+    ref: str | None = Field(None, description="object-store key holding the raw bytes")
+    sha256: str
+    size: int
+
+
+class Prediction(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    class_id: int
+    label: str
+    probability: float
+
+
+class InferenceOutput(BaseModel):
+    """The response body returned to the client."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    predictions: list[Prediction]
+    model_version: str
+
+
+class InferenceEvent(_Event):
+    schema_: Literal["signwatch.inference/v1"] = Field(
+        "signwatch.inference/v1", alias="schema", serialization_alias="schema"
+    )
+    event_id: str = Field(default_factory=new_id)
+    inference_id: str | None = None
+    time: datetime = Field(default_factory=utc_now)
+    endpoint: str
+    variant: str
+    model_version: str
+    input: InputPayload
+    output: InferenceOutput
+    latency_ms: float
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json(by_alias=True).encode()
+
+
+class ViolationCheck(BaseModel):
+    """One entry of a SageMaker ``constraint_violations.json`` report."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    feature_name: str
+    constraint_check_type: Literal["baseline_drift_check", "completeness_check", "data_type_check"]
+    description: str
+
+
+class ViolationSample(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event_id: str
+    input: InputPayload
+    predicted_class: int
+    probability: float
+
+
+class ViolationEvent(_Event):
+    schema_: Literal["signwatch.violation/v1"] = Field(
+        "signwatch.violation/v1", alias="schema", serialization_alias="schema"
+    )
+    violation_id: str = Field(default_factory=new_id)
+    time: datetime = Field(default_factory=utc_now)
+    endpoint: str
+    variant: str
+    check: ViolationCheck
+    class_id: int | None = None
+    share: float | None = None
+    count: int
+    total: int
+    window_seconds: int
+    samples: list[ViolationSample] = []
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json(by_alias=True).encode()
+
+
+class ExplanationEvent(_Event):
+    schema_: Literal["signwatch.explanation/v1"] = Field(
+        "signwatch.explanation/v1", alias="schema", serialization_alias="schema"
+    )
+    explanation_id: str = Field(default_factory=new_id)
+    violation_id: str
+    time: datetime = Field(default_factory=utc_now)
+    method: str
+    objects: list[str] = Field(description="object-store keys of what was written")
+    report: str = Field(description="object-store key of report.json")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json(by_alias=True).encode()
+
+
+AnyEvent = Annotated[
+    InferenceEvent | ViolationEvent | ExplanationEvent, Field(discriminator="schema_")
+]
+
+
+class PoisonMessage(ValueError):
+    """A message that is not a known event: skipped and counted, never retried forever."""
+
+
+def parse_event(raw: bytes, expected: type[_Event]) -> _Event:
+    try:
+        return expected.model_validate_json(raw)
+    except Exception as exc:  # pydantic.ValidationError or a decode error
+        raise PoisonMessage(f"not a valid {expected.__name__}: {str(exc)[:300]}") from exc

@@ -1,0 +1,119 @@
+"""Decoding and validating request images: PNG, JPEG, or a NumPy ``.npy`` array.
+
+Everything a client sends is untrusted: sizes are capped before decoding (decompression bombs),
+``.npy`` files are read with ``allow_pickle=False`` and every failure is an ``ImageError`` that
+the HTTP layer turns into a 4xx JSON answer.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_MAGIC = b"\xff\xd8\xff"
+NPY_MAGIC = b"\x93NUMPY"
+
+CONTENT_TYPES = {
+    "image/png": "png",
+    "image/jpeg": "jpeg",
+    "image/jpg": "jpeg",
+    "application/x-npy": "npy",
+    "application/npy": "npy",
+    "application/octet-stream": None,  # sniffed from the magic bytes
+}
+
+
+class ImageError(ValueError):
+    """The body is not an image we accept. ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def sniff(data: bytes) -> str | None:
+    if data.startswith(PNG_MAGIC):
+        return "png"
+    if data.startswith(JPEG_MAGIC):
+        return "jpeg"
+    if data.startswith(NPY_MAGIC):
+        return "npy"
+    return None
+
+
+def decode_image(data: bytes, content_type: str | None, max_side: int = 4096) -> np.ndarray:
+    """Return the image as an RGB ``uint8`` array (H, W, 3)."""
+    if not data:
+        raise ImageError("empty body: send a PNG, JPEG or .npy image")
+    ctype = (content_type or "application/octet-stream").split(";")[0].strip().lower()
+    if ctype not in CONTENT_TYPES:
+        raise ImageError(
+            f"unsupported content type {ctype!r}; use one of "
+            + ", ".join(sorted(c for c in CONTENT_TYPES if c != "application/octet-stream")),
+            status=415,
+        )
+    declared = CONTENT_TYPES[ctype]
+    kind = sniff(data)
+    if kind is None:
+        raise ImageError(f"body is not a PNG, JPEG or .npy file (content type {ctype})")
+    if declared is not None and declared != kind:
+        raise ImageError(f"content type says {declared} but the body is {kind}")
+    if kind == "npy":
+        return _decode_npy(data, max_side)
+    return _decode_pil(data, max_side)
+
+
+def _decode_pil(data: bytes, max_side: int) -> np.ndarray:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as probe:
+                width, height = probe.size
+                if width > max_side or height > max_side:
+                    raise ImageError(f"image is {width}x{height}; the limit is {max_side} px a side", 413)
+                probe.verify()  # checks the structure (CRC, truncation) without decoding pixels
+            with Image.open(io.BytesIO(data)) as img:
+                img.load()
+                return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"image too large: {exc}", 413) from exc
+    except Exception as exc:  # PIL raises many types for corrupt files
+        raise ImageError(f"corrupt or truncated image: {exc}") from exc
+
+
+def _decode_npy(data: bytes, max_side: int) -> np.ndarray:
+    try:
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+    except Exception as exc:
+        raise ImageError(f"corrupt .npy file: {exc}") from exc
+    if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3):
+        arr = np.moveaxis(arr, 0, -1)  # CHW -> HWC
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[-1] not in (1, 3):
+        raise ImageError(f".npy array must be (H, W), (H, W, 3) or (3, H, W); got {arr.shape}")
+    if max(arr.shape[:2]) > max_side or min(arr.shape[:2]) < 1:
+        raise ImageError(f"array is {arr.shape[1]}x{arr.shape[0]}; the limit is {max_side} px", 413)
+    if arr.dtype == np.uint8:
+        out = arr
+    elif np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
+            raise ImageError("float arrays must hold finite values in [0, 1]")
+        out = np.round(arr * 255).astype(np.uint8)
+    else:
+        raise ImageError(f"array dtype must be uint8 or float, got {arr.dtype}")
+    if out.shape[-1] == 1:
+        out = np.repeat(out, 3, axis=-1)
+    return np.ascontiguousarray(out)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,0 +1,77 @@
+"""Ports and their adapters, picked by URL scheme (as faust picks its stores).
+
+=========  =====================================  =====================================
+port       production                             embedded / unit tests
+=========  =====================================  =====================================
+bus        ``kafka://host:port[,host:port]``      ``memory://[name]``
+store      ``s3://bucket?endpoint=http://...``    ``file:///absolute/path`` or ``file:rel``
+state      ``redis://host:port/db``               ``memory://``
+=========  =====================================  =====================================
+
+Adapters are imported lazily so that the embedded mode needs no client libraries loaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlparse
+
+from signwatch.ports.bus import EventBus
+from signwatch.ports.state import StateStore
+from signwatch.ports.store import ObjectStore
+
+
+class UnsupportedURL(ValueError):
+    pass
+
+
+def open_bus(url: str) -> EventBus:
+    parsed = urlparse(url)
+    if parsed.scheme == "memory":
+        from signwatch.ports.bus_memory import MemoryBus
+
+        return MemoryBus(name=(parsed.netloc + parsed.path) or "default")
+    if parsed.scheme == "kafka":
+        from signwatch.ports.bus_kafka import KafkaBus
+
+        if not parsed.netloc:
+            raise UnsupportedURL(f"kafka URL needs host:port: {url!r}")
+        return KafkaBus(bootstrap=parsed.netloc)
+    raise UnsupportedURL(f"bus URL must be kafka:// or memory://, got {url!r}")
+
+
+def open_store(url: str, access_key: str | None = None, secret_key: str | None = None,
+               region: str = "us-east-1") -> ObjectStore:
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        from signwatch.ports.store_file import FileStore
+
+        path = unquote(parsed.netloc + parsed.path) if parsed.netloc else unquote(parsed.path)
+        if not path:
+            raise UnsupportedURL(f"file URL needs a path: {url!r}")
+        return FileStore(Path(path))
+    if parsed.scheme == "s3":
+        from signwatch.ports.store_s3 import S3Store
+
+        if not parsed.netloc:
+            raise UnsupportedURL(f"s3 URL needs a bucket: {url!r}")
+        query = parse_qs(parsed.query)
+        endpoint = query.get("endpoint", [None])[0]
+        return S3Store(
+            bucket=parsed.netloc, endpoint=endpoint, access_key=access_key,
+            secret_key=secret_key, region=query.get("region", [region])[0],
+        )
+    raise UnsupportedURL(f"store URL must be s3:// or file://, got {url!r}")
+
+
+def open_state(url: str) -> StateStore:
+    parsed = urlparse(url)
+    if parsed.scheme == "memory":
+        from signwatch.ports.state_memory import MemoryState
+
+        return MemoryState()
+    if parsed.scheme in ("redis", "rediss", "unix"):
+        from signwatch.ports.state_redis import RedisState
+
+        return RedisState(url)
+    raise UnsupportedURL(f"state URL must be redis:// or memory://, got {url!r}")

@@ -1,0 +1,85 @@
+"""The event-bus port: keyed messages on partitioned topics, consumer groups, manual commit.
+
+Semantics every adapter keeps (tests/contract/test_bus_contract.py checks both):
+- ``publish`` never blocks the caller for long; ``flush`` waits until all is acknowledged and
+  raises ``PublishError`` if something could not be delivered.
+- A consumer in a group starts at the group's committed offset (the earliest when none).
+- Nothing is committed implicitly: ``commit`` is called after the work is durable, so a
+  consumer that dies before committing sees the same messages again.
+- Messages with the same key land on the same partition, in order.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    value: bytes
+    timestamp_ms: int
+
+
+class PublishError(RuntimeError):
+    pass
+
+
+DeliveryCallback = Callable[[Exception | None], None]
+
+
+class Consumer(Protocol):
+    def poll(self, timeout_ms: int = 500, max_records: int = 500) -> list[Message]: ...
+
+    def commit(self, messages: list[Message]) -> None:
+        """Commit the offsets just after the highest message of each partition given."""
+
+    def close(self) -> None: ...
+
+
+class EventBus(Protocol):
+    def ensure_topics(self, topics: list[str], partitions: int) -> None: ...
+
+    def publish(
+        self, topic: str, key: str, value: bytes, on_delivery: DeliveryCallback | None = None
+    ) -> None: ...
+
+    def flush(self, timeout_s: float = 10.0) -> None: ...
+
+    def consumer(self, topics: list[str], group: str) -> Consumer: ...
+
+    def ping(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+def partition_for(key: str | None, partitions: int) -> int:
+    """A stable key -> partition mapping for the in-memory bus (Kafka uses murmur2)."""
+    if key is None:
+        return 0
+    return zlib.crc32(key.encode()) % partitions
+
+
+def next_offsets(messages: list[Message]) -> dict[tuple[str, int], int]:
+    """The offsets to commit: one past the highest message of each (topic, partition)."""
+    out: dict[tuple[str, int], int] = {}
+    for m in messages:
+        tp = (m.topic, m.partition)
+        out[tp] = max(out.get(tp, 0), m.offset + 1)
+    return out
+
+
+def publish_and_wait(bus: "EventBus", topic: str, key: str, value: bytes, timeout_s: float = 10.0) -> None:
+    """Publish one message and return only once the bus acknowledged it (or raise)."""
+    outcome: list[Exception | None] = []
+    bus.publish(topic, key, value, on_delivery=outcome.append)
+    bus.flush(timeout_s)
+    if not outcome:
+        raise PublishError(f"no acknowledgement for {topic}/{key} within {timeout_s}s")
+    if outcome[0] is not None:
+        raise PublishError(f"{topic}/{key} not delivered: {outcome[0]}") from outcome[0]

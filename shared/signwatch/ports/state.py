@@ -1,0 +1,51 @@
+"""The state-store port: small counters and lists that several replicas share.
+
+The monitor needs three things that must hold across restarts and replicas:
+- apply a set of counter increments and list pushes *exactly once* per event
+  (``apply_once`` keyed by a token such as the event id, atomic in every adapter);
+- read counter hashes back (``get_counts``) and capped lists (``get_list``);
+- take a flag only if nobody holds it (``set_once``), for cool-downs.
+Every key expires (``ttl_s``) so that the store never grows without bound.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Increment:
+    key: str
+    field: str
+    amount: int
+    ttl_s: int
+
+
+@dataclass(frozen=True)
+class Push:
+    key: str
+    value: str
+    max_len: int
+    ttl_s: int
+
+
+class StateStore(Protocol):
+    def apply_once(
+        self, token: str, token_ttl_s: int, increments: list[Increment], pushes: list[Push]
+    ) -> bool:
+        """Apply all changes atomically unless ``token`` was applied before; True if applied."""
+
+    def get_counts(self, keys: list[str]) -> list[dict[str, int]]: ...
+
+    def get_list(self, key: str) -> list[str]:
+        """Newest first."""
+
+    def set_once(self, key: str, ttl_s: int) -> bool:
+        """Set ``key`` if absent (True) or leave it (False)."""
+
+    def delete(self, *keys: str) -> None: ...
+
+    def ping(self) -> bool: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,42 @@
+"""Shared fixtures. Tests marked ``stack`` talk to the real Kafka, Redis and S3 servers that
+``signwatch stack up`` started in the project folder (``make test`` does it); they fail, not skip,
+when the stack is down, so a broken stack can never pass for a green run."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def wait_until(predicate, timeout_s: float = 30.0, interval_s: float = 0.05, what: str = "condition"):
+    """Poll ``predicate`` until it returns something truthy; fail after the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(interval_s)
+
+
+@pytest.fixture
+def unique() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(scope="session")
+def stack():
+    from signwatch.stack import status
+
+    st = status(PROJECT)
+    data = st.model_dump() if hasattr(st, "model_dump") else st
+    down = [name for name in ("kafka", "redis", "s3") if not data[name]["up"]]
+    if down:
+        pytest.fail(f"the local stack is not running ({', '.join(down)} down): run `signwatch stack up`")
+    return data

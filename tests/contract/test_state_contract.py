@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import json
+
+from signwatch.ports.state import Increment, Push
+from tests.conftest import wait_until
+
+
+def test_apply_once_applies_exactly_once(state, unique):
+    key, lst = f"t:{unique}:counts", f"t:{unique}:list"
+    changes = ([Increment(key, "total", 1, 60), Increment(key, "class:14", 2, 60)],
+               [Push(lst, json.dumps({"n": 1}), 3, 60)])
+    assert state.apply_once(f"t:{unique}:token", 60, *changes) is True
+    assert state.apply_once(f"t:{unique}:token", 60, *changes) is False
+    assert state.get_counts([key, f"t:{unique}:none"]) == [{"total": 1, "class:14": 2}, {}]
+    assert state.get_list(lst) == [json.dumps({"n": 1})]
+
+
+def test_lists_are_capped_newest_first(state, unique):
+    lst = f"t:{unique}:list"
+    for i in range(5):
+        state.apply_once(f"t:{unique}:{i}", 60, [], [Push(lst, str(i), 3, 60)])
+    assert state.get_list(lst) == ["4", "3", "2"]
+
+
+def test_set_once_and_delete(state, unique):
+    flag = f"t:{unique}:flag"
+    assert state.set_once(flag, 60)
+    assert not state.set_once(flag, 60)
+    state.delete(flag)
+    assert state.set_once(flag, 60)
+    assert state.ping()
+
+
+def test_keys_expire(state, unique):
+    flag = f"t:{unique}:short"
+    assert state.set_once(flag, 1)
+    wait_until(lambda: state.set_once(flag, 1), timeout_s=5, interval_s=0.1, what="expiry")

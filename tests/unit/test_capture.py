@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import base64
+import json
+
+from signwatch.capture import CaptureBatcher, capture_record, read_capture_lines, should_sample
+from signwatch.ports.bus import Message
+from signwatch.ports.store_file import FileStore
+from tests.unit.helpers import inference_event
+
+
+def test_sampling_is_deterministic_and_close_to_the_percentage():
+    ids = [f"00000000-0000-0000-0000-{i:012d}" for i in range(4000)]
+    picked = [i for i in ids if should_sample(i, 30)]
+    assert picked == [i for i in ids if should_sample(i, 30)]
+    assert 0.27 < len(picked) / len(ids) < 0.33
+    assert all(should_sample(i, 100) for i in ids[:50])
+    assert not any(should_sample(i, 0) for i in ids[:50])
+
+
+def test_record_has_exactly_sagemakers_schema():
+    event = inference_event(inference_id="req-1")
+    record = capture_record(event, b"raw")
+    assert set(record) == {"captureData", "eventMetadata", "eventVersion"}
+    assert set(record["captureData"]) == {"endpointInput", "endpointOutput"}
+    assert record["captureData"]["endpointInput"] == {
+        "observedContentType": "image/png", "mode": "INPUT",
+        "data": base64.b64encode(b"raw").decode(), "encoding": "BASE64"}
+    out = record["captureData"]["endpointOutput"]
+    assert out["mode"] == "OUTPUT" and out["encoding"] == "JSON"
+    assert json.loads(out["data"])["predictions"][0]["class_id"] == 3
+    assert record["eventMetadata"]["eventId"] == event.event_id
+    assert record["eventMetadata"]["inferenceId"] == "req-1"
+    assert record["eventMetadata"]["inferenceTime"].endswith("Z")
+    assert record["eventVersion"] == "0"
+
+
+def _messages(events, partition=0, start=0):
+    return [Message("t", partition, start + i, e.event_id, e.to_bytes(), 0) for i, e in enumerate(events)]
+
+
+def test_files_are_named_by_partition_and_first_offset_and_a_replay_replaces(tmp_path):
+    store = FileStore(tmp_path)
+    events = [inference_event(class_id=i % 3) for i in range(10)]
+    batcher = CaptureBatcher(store=store, prefix="cap")
+    for m, e in zip(_messages(events, start=20), events):
+        batcher.add(m, e)
+    [key] = batcher.flush()
+    t = events[0].time
+    assert key == f"cap/ep/AllTraffic/{t:%Y/%m/%d/%H}/t-p000-o000000000020.jsonl"
+    records, bad = read_capture_lines(store.get(key))
+    assert bad == 0 and [r["eventMetadata"]["eventId"] for r in records] == [e.event_id for e in events]
+
+    # A crash before the commit replays from offset 20 with a shorter batch: same name, replaced.
+    replay = CaptureBatcher(store=store, prefix="cap")
+    for m, e in list(zip(_messages(events, start=20), events))[:4]:
+        replay.add(m, e)
+    assert replay.flush() == [key]
+    assert len(store.list("cap")) == 1
+    assert len(read_capture_lines(store.get(key))[0]) == 4
+
+
+def test_batcher_is_due_by_count_or_age(tmp_path):
+    now = [0.0]
+    batcher = CaptureBatcher(store=FileStore(tmp_path), max_records=3, max_age_s=5, clock=lambda: now[0])
+    events = [inference_event() for _ in range(3)]
+    msgs = _messages(events)
+    assert not batcher.due()
+    batcher.add(msgs[0], events[0])
+    assert not batcher.due()
+    now[0] = 6.0
+    assert batcher.due()
+    now[0] = 0.0
+    batcher.flush()
+    for m, e in zip(msgs, events):
+        batcher.add(m, e)
+    assert batcher.due()
+
+
+def test_unreadable_lines_are_counted():
+    good = json.dumps({"captureData": {"endpointOutput": {"data": "{}"}}})
+    records, bad = read_capture_lines(f"{good}\nnot json\n{{}}\n".encode())
+    assert len(records) == 1 and bad == 2
