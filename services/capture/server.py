@@ -28,7 +28,7 @@ class CaptureHandler:
         self.batcher.flush()
 
 
-def build_loop(settings: Settings, ports: Ports | None = None) -> ConsumerLoop:
+def build_loop(settings: Settings, ports: Ports | None = None, registry=None) -> ConsumerLoop:
     ports = ports or open_ports(settings)
     ports.bus.ensure_topics([settings.inference_topic], settings.topic_partitions)
     batcher = CaptureBatcher(
@@ -38,5 +38,5 @@ def build_loop(settings: Settings, ports: Ports | None = None) -> ConsumerLoop:
         max_records=settings.capture_batch_records,
         max_age_s=settings.capture_flush_seconds,
     )
-    return ConsumerLoop(ports.bus, [settings.inference_topic], GROUP, CaptureHandler(batcher),
+    return ConsumerLoop(ports.bus, [settings.inference_topic], GROUP, CaptureHandler(batcher), registry=registry,
                         poll_timeout_ms=settings.poll_timeout_ms)

@@ -40,13 +40,16 @@ class ExplainerHandler:
 
 def build_explainer(settings: Settings, ports: Ports) -> Explainer:
     model, spec = load_model(settings.model_path)
-    return Explainer(model=model, spec=spec, store=ports.store, prefix=settings.explanations_prefix)
+    return Explainer(model=model, spec=spec, store=ports.store, prefix=settings.explanations_prefix,
+                     method=settings.explainer_method)
 
 
-def build_loop(settings: Settings, ports: Ports | None = None) -> ConsumerLoop:
+def build_loop(settings: Settings, ports: Ports | None = None, explainer: Explainer | None = None,
+               registry=None) -> ConsumerLoop:
     ports = ports or open_ports(settings)
     ports.bus.ensure_topics([settings.violations_topic, settings.explanations_topic],
                             settings.topic_partitions)
-    handler = ExplainerHandler(build_explainer(settings, ports), ports.bus, settings.explanations_topic)
-    return ConsumerLoop(ports.bus, [settings.violations_topic], GROUP, handler,
+    explainer = explainer or build_explainer(settings, ports)
+    handler = ExplainerHandler(explainer, ports.bus, settings.explanations_topic)
+    return ConsumerLoop(ports.bus, [settings.violations_topic], GROUP, handler, registry=registry,
                         poll_timeout_ms=settings.poll_timeout_ms)

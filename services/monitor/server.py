@@ -63,7 +63,8 @@ class MonitorHandler:
         return None
 
 
-def build_loop(settings: Settings, spec: ModelSpec | None = None, ports: Ports | None = None) -> ConsumerLoop:
+def build_loop(settings: Settings, spec: ModelSpec | None = None, ports: Ports | None = None,
+               registry=None) -> ConsumerLoop:
     ports = ports or open_ports(settings)
     ports.bus.ensure_topics([settings.inference_topic, settings.violations_topic], settings.topic_partitions)
     spec = spec or ModelSpec()
@@ -78,5 +79,5 @@ def build_loop(settings: Settings, spec: ModelSpec | None = None, ports: Ports |
         topic=settings.violations_topic, endpoint=settings.endpoint, variant=settings.variant,
         class_names=spec.class_names, cooldown_s=settings.monitor_cooldown_seconds,
     )
-    return ConsumerLoop(ports.bus, [settings.inference_topic], GROUP, handler,
+    return ConsumerLoop(ports.bus, [settings.inference_topic], GROUP, handler, registry=registry,
                         poll_timeout_ms=settings.poll_timeout_ms)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
-import threading
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -38,64 +36,18 @@ def load_settings(**overrides):
     return with_local_stack(settings)
 
 
-def _run_loops(loops) -> None:
-    """Run consumer loops until SIGINT/SIGTERM, then stop them cleanly (flush, commit)."""
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    threads = [loop.start_thread() for loop in loops]
-    while not stop.wait(0.5):
-        if not all(t.is_alive() for t in threads):
-            break
-    for loop in loops:
-        loop.stop()
-    for t in threads:
-        t.join(30)
-
-
 @app.command()
 def serve(
     service: Service = typer.Argument(..., help="which service to run"),
-    host: Optional[str] = typer.Option(None, help="inference bind address (default 127.0.0.1)"),
+    host: Optional[str] = typer.Option(None, help="bind address (default 127.0.0.1)"),
     port: Optional[int] = typer.Option(None, help="inference port (default 8080)"),
 ) -> None:
     """Run one service, or all of them in one process, on the configured ports."""
-    from signwatch.runtime import configure_logging, open_ports
+    from signwatch.runtime import configure_logging
+    from signwatch_services.runner import serve as run
 
     configure_logging()
-    settings = load_settings(host=host, port=port)
-    ports = open_ports(settings)
-    loops = []
-    if service in (Service.capture, Service.all):
-        from signwatch_services.capture.server import build_loop
-
-        loops.append(build_loop(settings, ports))
-    if service in (Service.monitor, Service.all):
-        from signwatch_services.monitor.server import build_loop
-
-        loops.append(build_loop(settings, ports=ports))
-    if service in (Service.explainer, Service.all):
-        from signwatch_services.explainer.server import build_loop
-
-        loops.append(build_loop(settings, ports))
-    if service in (Service.inference, Service.all):
-        import uvicorn
-
-        from signwatch_services.inference.server import build_core, create_app
-
-        threads = [loop.start_thread() for loop in loops]
-        core = build_core(settings, ports)
-        try:
-            uvicorn.run(create_app(core), host=settings.host, port=settings.port, log_level="info")
-        finally:
-            for loop in loops:
-                loop.stop()
-            for t in threads:
-                t.join(30)
-            core.close()
-        return
-    _run_loops(loops)
-    ports.close()
+    run(service.value, load_settings(host=host, port=port))
 
 
 @app.command()
@@ -117,8 +69,8 @@ def demo(
 @app.command()
 def train(
     out: Path = typer.Option(Path("models/signwatch-resnet18.safetensors"), help="weights to write"),
-    epochs: int = typer.Option(8, min=1, max=1000),
-    per_epoch: int = typer.Option(20_000, min=43, help="freshly rendered images per epoch"),
+    epochs: int = typer.Option(6, min=1, max=1000),
+    per_epoch: int = typer.Option(40_000, min=43, help="size of the rendered training pool"),
     input_size: int = typer.Option(64, help="64 (default) or 128, the reference's size"),
     batch_size: int = typer.Option(128, min=1),
     lr: float = typer.Option(3e-3, min=0),

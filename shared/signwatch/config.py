@@ -66,7 +66,10 @@ class Settings(BaseSettings):
 
     # Explainer service.
     explanations_prefix: str = "explanations"
-    explainer_port: int = Field(8081, ge=0, le=65535)
+    explainer_method: str = Field("fullgrad", pattern="^(fullgrad|input_x_gradient|gradcam)$")
+    explainer_port: int = Field(8081, ge=0, le=65535, description="explainer HTTP: /explain, health")
+    capture_port: int = Field(8082, ge=0, le=65535, description="capture health and metrics")
+    monitor_port: int = Field(8083, ge=0, le=65535, description="monitor health and metrics")
 
     # Consumers.
     poll_timeout_ms: int = Field(500, ge=1)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter
@@ -20,6 +21,17 @@ from signwatch.events import PoisonMessage
 from signwatch.ports.bus import EventBus, Message
 
 log = logging.getLogger(__name__)
+
+
+_COUNTERS: "weakref.WeakKeyDictionary[CollectorRegistry, Counter]" = weakref.WeakKeyDictionary()
+
+
+def _messages_counter(registry: CollectorRegistry) -> Counter:
+    """One counter per registry: several loops in one process (``serve all``) share it by label."""
+    if registry not in _COUNTERS:
+        _COUNTERS[registry] = Counter("signwatch_consumer_messages_total", "Messages by outcome",
+                                      ["group", "outcome"], registry=registry)
+    return _COUNTERS[registry]
 
 
 class Handler(Protocol):
@@ -57,11 +69,7 @@ class ConsumerLoop:
         self.stopping = threading.Event()
         self._consumer = None
         self._uncommitted: list[Message] = []
-        registry = registry or CollectorRegistry()
-        self.messages = Counter(
-            "signwatch_consumer_messages_total", "Messages by outcome",
-            ["group", "outcome"], registry=registry,
-        )
+        self.messages = _messages_counter(registry or CollectorRegistry())
         self.processed = 0
 
     def _dead_letter(self, message: Message, reason: str) -> None:

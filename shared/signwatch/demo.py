@@ -7,6 +7,7 @@ monitor raised its violation and the explainer wrote its report, and summarises 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -19,6 +20,7 @@ from signwatch.attacks import targeted_pgd
 from signwatch.config import Settings
 from signwatch.data import render_batch
 from signwatch.data.classes import STOP
+from signwatch.explaining import original_key
 from signwatch.imaging import encode_png
 from signwatch.model.core import to_unit_tensor
 from signwatch.runtime import open_ports
@@ -80,6 +82,11 @@ def run_demo(out: Path, normal: int = 200, adversarial: int = 200, seed: int = 0
             (r.adversarial.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8) for r in attacked
         ])
         attack_success = float(np.mean(np.concatenate([r.success.numpy() for r in attacked])))
+
+        # Let the explainer show each adversarial image beside its original.
+        for original, adv in zip(to_attack, adv_images):
+            digest = hashlib.sha256(encode_png(adv)).hexdigest()
+            ports.store.put(original_key(digest), encode_png(original), "image/png")
 
         with TestClient(create_app(core)) as client:
             clean_pred = _send(client, clean, "clean stream")

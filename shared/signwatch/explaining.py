@@ -1,10 +1,13 @@
-"""The explainer core: from a violation to saliency maps, panels and a report in the store.
+"""The explainer core: from a violation (or one image) to saliency maps, panels and a report.
 
-For each sample behind a violation it fetches the request bytes (inline or claim check),
-computes FullGrad maps for the whole batch in one forward/backward, renders an overlay
-(jet, red = most relevant) beside the input, and writes under ``{prefix}/{violation_id}/``:
-one PNG per sample, ``report.json`` and ``index.html``. Keys depend only on the violation and
-event ids, so a replayed violation rewrites the same objects.
+For each sample behind a violation it fetches the request bytes (inline or claim check), computes
+the maps of the whole batch in one forward/backward (FullGrad by default), renders an overlay
+(jet, red = most relevant) beside the input - and beside the original when the store knows it
+(``originals/{sha256 of the adversarial input}.png``, written by the demo and the attack tools) -
+and writes under ``{prefix}/{violation_id}/``: one PNG per sample, ``report.json`` and
+``index.html``. Keys depend only on the violation and event ids, so a replay rewrites the same
+objects. Maps whose saliency mass lies mostly outside the sign are flagged, as the reference did
+("the model looks away from the sign").
 """
 
 from __future__ import annotations
@@ -12,10 +15,11 @@ from __future__ import annotations
 import html
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from signwatch.events import ExplanationEvent, ViolationEvent
@@ -23,24 +27,59 @@ from signwatch.imaging import ImageError, decode_image
 from signwatch.model import ModelSpec, preprocess
 from signwatch.ports.store import ObjectStore
 from signwatch.publishing import resolve_input
-from signwatch.saliency import fullgrad
+from signwatch.saliency import fullgrad, gradcam, input_x_gradient
 from signwatch.saliency.render import overlay, side_by_side
 
+METHODS = ("fullgrad", "input_x_gradient", "gradcam")
+LOOKS_AWAY_SHARE = 0.5
 
-def _png(img) -> bytes:
+
+def original_key(sha256: str) -> str:
+    return f"originals/{sha256}.png"
+
+
+def sign_mask(size: int, roi: tuple[int, int, int, int] | None = None, image_size: int | None = None) -> np.ndarray:
+    """Where the sign is, as a (size, size) bool mask.
+
+    With a region of interest (GTSRB's Roi.X1..Y2, in the coordinates of an ``image_size`` image)
+    it is that box; without one it is the central disc that GTSRB-style crops put the sign in
+    (the sign fills 50-95% of the crop, so a disc of 0.45 x side around the centre).
+    """
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    if roi is not None:
+        scale = size / float(image_size or size)
+        x1, y1, x2, y2 = (v * scale for v in roi)
+        return (xx >= x1) & (xx <= x2 + scale) & (yy >= y1) & (yy <= y2 + scale)
+    c = size / 2
+    return (xx - c) ** 2 + (yy - c) ** 2 <= (0.45 * size) ** 2
+
+
+def outside_share(saliency: np.ndarray, mask: np.ndarray) -> float:
+    total = float(saliency.sum())
+    return float(saliency[~mask].sum()) / total if total > 0 else 0.0
+
+
+def _png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
 
 
+def _resized(image: np.ndarray, size: int) -> np.ndarray:
+    t = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return t[0].permute(1, 2, 0).round().clamp(0, 255).byte().numpy()
+
+
 @dataclass
-class SampleExplanation:
-    event_id: str
+class MapResult:
     predicted_class: int
     label: str
     probability: float
-    completeness_rel_error: float
-    key: str
+    completeness_rel_error: float | None
+    outside_sign_share: float
+    looks_away: bool
+    panel: Image.Image
 
 
 @dataclass
@@ -51,75 +90,101 @@ class Explainer:
     prefix: str = "explanations"
     method: str = "fullgrad"
 
-    def maps(self, images: list[np.ndarray]):
+    def explain_images(self, images: list[np.ndarray], originals: list[np.ndarray | None] | None = None,
+                       method: str | None = None, target: int | None = None) -> list[MapResult]:
+        """Maps for a batch in one forward/backward, with their panels and the looks-away flag."""
+        method = method or self.method
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+        size = self.spec.input_size
         batch = preprocess(images, self.spec)
-        return fullgrad(self.model, batch)
+        with torch.no_grad():
+            probs = torch.softmax(self.model(batch), 1)
+        predicted = probs.argmax(1)
+        tgt = predicted if target is None else torch.full_like(predicted, target)
+        errors: list[float | None] = [None] * len(images)
+        if method == "fullgrad":
+            result = fullgrad(self.model, batch, tgt)
+            maps, errors = result.maps, [float(e) for e in result.completeness_rel_error]
+        elif method == "input_x_gradient":
+            maps = input_x_gradient(self.model, batch, tgt)
+        else:
+            maps = gradcam(self.model, batch, tgt)
+        mask = sign_mask(size)
+        out = []
+        for i, image in enumerate(images):
+            shown = _resized(image, size)
+            saliency = maps[i, 0].detach().cpu().numpy()
+            share = outside_share(saliency, mask)
+            t = int(tgt[i])
+            panels = []
+            original = originals[i] if originals else None
+            if original is not None:
+                panels.append(("original", Image.fromarray(_resized(original, size))))
+            panels.append(("input" if original is None else "adversarial", Image.fromarray(shown)))
+            panels.append((f"{method} {t}: {self.spec.class_names[t]}", overlay(shown, saliency)))
+            out.append(MapResult(
+                predicted_class=int(predicted[i]), label=self.spec.class_names[int(predicted[i])],
+                probability=float(probs[i, predicted[i]]), completeness_rel_error=errors[i],
+                outside_sign_share=round(share, 4), looks_away=share > LOOKS_AWAY_SHARE,
+                panel=side_by_side(panels),
+            ))
+        return out
+
+    def _original(self, sha256: str) -> np.ndarray | None:
+        key = original_key(sha256)
+        try:
+            return decode_image(self.store.get(key), "image/png") if self.store.exists(key) else None
+        except (ImageError, KeyError):
+            return None
 
     def explain(self, violation: ViolationEvent) -> ExplanationEvent:
         base = f"{self.prefix}/{violation.violation_id}"
-        images, samples, skipped = [], [], []
+        images, originals, samples, skipped = [], [], [], []
         for sample in violation.samples:
             try:
-                raw = resolve_input(sample.input, self.store)
-                images.append(decode_image(raw, sample.input.content_type))
+                images.append(decode_image(resolve_input(sample.input, self.store), sample.input.content_type))
+                originals.append(self._original(sample.input.sha256))
                 samples.append(sample)
             except (ImageError, ValueError, KeyError) as exc:
                 skipped.append({"event_id": sample.event_id, "reason": str(exc)})
-        written: list[str] = []
-        explained: list[SampleExplanation] = []
-        if images:
-            result = self.maps(images)
-            size = self.spec.input_size
-            for i, (sample, image) in enumerate(zip(samples, images)):
-                shown = np.asarray(
-                    torch.nn.functional.interpolate(
-                        torch.from_numpy(image).permute(2, 0, 1)[None].float(), size=(size, size),
-                        mode="bilinear", align_corners=False, antialias=True,
-                    )[0].permute(1, 2, 0).clamp(0, 255).byte()
-                )
-                saliency = result.maps[i, 0].detach().cpu().numpy()
-                target = int(result.target[i])
-                label = self.spec.class_names[target]
-                panel = side_by_side([
-                    ("input", Image.fromarray(shown)),
-                    (f"{self.method}: {target} {label}", overlay(shown, saliency)),
-                ])
-                key = f"{base}/{sample.event_id}.png"
-                self.store.put(key, _png(panel), "image/png")
-                written.append(key)
-                explained.append(SampleExplanation(
-                    sample.event_id, target, label, sample.probability,
-                    float(result.completeness_rel_error[i]), key,
-                ))
-        report_key = f"{base}/report.json"
+        written, rows = [], []
+        for sample, result in zip(samples, self.explain_images(images, originals) if images else []):
+            key = f"{base}/{sample.event_id}.png"
+            self.store.put(key, _png(result.panel), "image/png")
+            written.append(key)
+            row = {k: v for k, v in asdict(result).items() if k != "panel"}
+            rows.append(row | {"event_id": sample.event_id, "key": key,
+                               "original_known": originals[samples.index(sample)] is not None})
+        report_key, index_key = f"{base}/report.json", f"{base}/index.html"
         report = {
-            "violation_id": violation.violation_id,
-            "endpoint": violation.endpoint,
-            "check": violation.check.model_dump(),
-            "method": self.method,
-            "samples": [e.__dict__ for e in explained],
-            "skipped": skipped,
+            "violation_id": violation.violation_id, "endpoint": violation.endpoint,
+            "check": violation.check.model_dump(), "method": self.method,
+            "looks_away_count": sum(r["looks_away"] for r in rows),
+            "samples": rows, "skipped": skipped,
         }
         self.store.put(report_key, json.dumps(report, indent=2).encode(), "application/json")
-        index_key = f"{base}/index.html"
-        self.store.put(index_key, _index_html(violation, explained).encode(), "text/html")
-        written += [report_key, index_key]
+        self.store.put(index_key, _index_html(violation, rows).encode(), "text/html")
         return ExplanationEvent(violation_id=violation.violation_id, method=self.method,
-                                objects=written, report=report_key)
+                                objects=written + [report_key, index_key], report=report_key)
 
 
-def _index_html(violation: ViolationEvent, explained: list[SampleExplanation]) -> str:
-    rows = "\n".join(
-        f'<figure><img src="{html.escape(e.key.rsplit("/", 1)[1])}" alt="{html.escape(e.label)}">'
-        f"<figcaption>{html.escape(e.event_id)}: class {e.predicted_class} "
-        f"({html.escape(e.label)}), p={e.probability:.2f}</figcaption></figure>"
-        for e in explained
+def _index_html(violation: ViolationEvent, rows: list[dict]) -> str:
+    figures = "\n".join(
+        f'<figure><img src="{html.escape(r["key"].rsplit("/", 1)[1])}" alt="{html.escape(r["label"])}">'
+        f"<figcaption>{html.escape(r['event_id'])}: class {r['predicted_class']} "
+        f"({html.escape(r['label'])}), p={r['probability']:.2f}; "
+        f"{r['outside_sign_share']:.0%} of the saliency outside the sign"
+        f"{' - the model looks away from the sign' if r['looks_away'] else ''}</figcaption></figure>"
+        for r in rows
     )
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
-        f"<title>signwatch violation {html.escape(violation.violation_id)}</title></head><body>"
+        f"<title>signwatch violation {html.escape(violation.violation_id)}</title>"
+        "<style>body{font-family:sans-serif}figure{display:inline-block;margin:8px}</style></head><body>"
         f"<h1>{html.escape(violation.check.description)}</h1>"
         f"<p>{violation.count} of {violation.total} predictions in the last "
-        f"{violation.window_seconds} s on endpoint {html.escape(violation.endpoint)}.</p>"
-        f"{rows}</body></html>\n"
+        f"{violation.window_seconds} s on endpoint {html.escape(violation.endpoint)}. "
+        "Red marks the pixels most relevant to the prediction.</p>"
+        f"{figures}</body></html>\n"
     )

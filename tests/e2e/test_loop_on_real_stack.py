@@ -204,3 +204,16 @@ def test_fifty_images_then_a_skewed_stream_end_to_end(service, stack, run_id):
     assert s3.get_object(Bucket=s3conf["bucket"], Key=pngs[0])["Body"].read()[:8] == b"\x89PNG\r\n\x1a\n"
     report = json.loads(s3.get_object(Bucket=s3conf["bucket"], Key=explanation["report"])["Body"].read())
     assert report["violation_id"] == vid and report["samples"]
+
+
+def test_explain_endpoint_and_metrics_on_the_running_service(service):
+    image = render_batch([14], seed=77, size=64)[0]
+    r = httpx.post(f"{service['base']}/explain?method=fullgrad", content=encode_png(image),
+                   headers={"content-type": "image/png"}, timeout=60)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["completeness_rel_error"] < 1e-3
+    assert base64.b64decode(body["panel_png_base64"])[:4] == b"\x89PNG"
+    metrics = httpx.get(f"{service['base']}/metrics", timeout=10).text
+    assert 'signwatch_events_total{outcome="failed"} 0.0' in metrics
+    assert "signwatch_consumer_messages_total" in metrics

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from signwatch.data.classes import CLASS_NAMES, MIRROR_PAIRS, NUM_CLASSES, SHAPES, STOP, class_name
 from signwatch.data.signs import LEVELS, NUM_STYLES, draw_sign, sign_template
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from PIL import Image
-from typer.testing import CliRunner
-
 from signwatch.data.cli import data_app
+from typer.testing import CliRunner
 
 runner = CliRunner()
 

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
 from signwatch.data import render_record, write_gtsrb
 from signwatch.data.gtsrb import (
     GTSRBFormatError,
@@ -25,7 +24,7 @@ def _picture(w: int, h: int, roi: tuple[int, int, int, int], colour: tuple[int, 
     """Grey picture with the ROI (inclusive) painted in `colour`."""
     a = np.full((h, w, 3), 90, dtype=np.uint8)
     x1, y1, x2, y2 = roi
-    a[y1:y2 + 1, x1:x2 + 1] = colour
+    a[y1 : y2 + 1, x1 : x2 + 1] = colour
     return Image.fromarray(a)
 
 
@@ -53,7 +52,7 @@ def test_reads_the_training_layout_with_roi_crop(tmp_path):
     records = read_annotations(tmp_path)
     assert [r.class_id for r in records] == [0, 0, 14]
     assert [(r.width, r.height, r.roi) for r in records] == [(w, h, roi) for w, h, roi, _, _ in items.values()]
-    for (image, label), (w, h, roi, colour, c) in zip(iter_gtsrb(tmp_path, crop=True), items.values()):
+    for (image, label), (_, _, roi, colour, c) in zip(iter_gtsrb(tmp_path, crop=True), items.values(), strict=True):
         x1, y1, x2, y2 = roi
         assert label == c and image.shape == (y2 - y1 + 1, x2 - x1 + 1, 3)
         assert (image == colour).all()  # exactly the ROI, nothing of the grey border
@@ -136,7 +135,9 @@ def test_writer_round_trips_through_the_reader(tmp_path):
     images_dir = tmp_path / "Final_Training" / "Images"
     assert sorted(p.name for p in images_dir.iterdir() if p.is_dir()) == [f"{c:05d}" for c in range(43)]
     first = (images_dir / "00000" / "GT-00000.csv").read_text().splitlines()
-    assert first[0] == HEADER and first[1].startswith("00000_00000.ppm;64;64;") and first[2].startswith("00000_00001.ppm")
+    assert (
+        first[0] == HEADER and first[1].startswith("00000_00000.ppm;64;64;") and first[2].startswith("00000_00001.ppm")
+    )
     records = read_annotations(tmp_path)
     assert len(records) == 50
     by_name = {(r.class_id, r.path.name): r for r in records}

@@ -5,8 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
-
-from signwatch.data.render import iter_chunks
 from signwatch.data import (
     NUM_CLASSES,
     SyntheticGTSRB,
@@ -16,6 +14,7 @@ from signwatch.data import (
     render_record,
     render_sign,
 )
+from signwatch.data.render import iter_chunks
 
 
 def test_render_sign_is_deterministic_for_a_seed():

@@ -197,8 +197,9 @@ def test_batch_equals_one_by_one(resnet18):
 
 
 def test_agrees_with_straightforward_per_channel_upsampling(arch):
-    _, model = arch
-    x = images(2, seed=11)
+    name, model = arch
+    # The reference upsamples ResNet-50's ~26,000 channels one by one: one sample is plenty there.
+    x = images(1 if name == "resnet50" else 2, seed=11)
     ours = fullgrad(model, x).maps
     ref = straightforward_fullgrad(model, x)
     assert ref.shape == ours.shape

@@ -11,8 +11,12 @@ import typer
 
 from signwatch.data.render import MAX_SIZE, MIN_SIZE
 
-data_app = typer.Typer(name="data", help="Render the look-alike GTSRB data set and read GTSRB copies.",
-                       no_args_is_help=True, add_completion=False)
+data_app = typer.Typer(
+    name="data",
+    help="Render the look-alike GTSRB data set and read GTSRB copies.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 
 
 class Split(str, Enum):
@@ -58,8 +62,10 @@ def render(
         summary = write_gtsrb(out, count, split.value, seed, size, variant.value, workers, not quiet, overwrite)
     except (ValueError, OSError) as exc:
         raise _fail(str(exc)) from None
-    typer.echo(f"wrote {summary.count} {summary.split}/{summary.variant} images ({summary.size}px, seed "
-               f"{summary.seed}) and {summary.csv_files} CSV file(s) under {summary.root}")
+    typer.echo(
+        f"wrote {summary.count} {summary.split}/{summary.variant} images ({summary.size}px, seed "
+        f"{summary.seed}) and {summary.csv_files} CSV file(s) under {summary.root}"
+    )
 
 
 @data_app.command()

@@ -79,16 +79,24 @@ def find_annotation_files(root: str | Path, part: str = "auto") -> list[Path]:
     train = _training_csvs(root) if part != "test" else []
     test = _test_csv(root) if part != "train" else None
     if train and test and part == "auto":
-        raise GTSRBFormatError(f"{root} holds both the training and the test part: choose one: part='train' or 'test' (--part on the command line)")
+        raise GTSRBFormatError(
+            f"{root} holds both the training and the test part: choose one with part='train' or 'test' "
+            "(--part on the command line)"
+        )
     if train:
         return train
     if test:
         return [test]
     if part != "train" and any(root.glob("**/GT-final_test.test.csv")):
-        raise GTSRBFormatError(f"{root} has only GT-final_test.test.csv, which carries no labels: "
-                               f"put the labelled {TEST_CSV} (published separately) beside the test images")
-    wanted = {"auto": "Final_Training/Images/000NN/GT-000NN.csv or Final_Test/Images/" + TEST_CSV,
-              "train": "Final_Training/Images/000NN/GT-000NN.csv", "test": "Final_Test/Images/" + TEST_CSV}[part]
+        raise GTSRBFormatError(
+            f"{root} has only GT-final_test.test.csv, which carries no labels: "
+            f"put the labelled {TEST_CSV} (published separately) beside the test images"
+        )
+    wanted = {
+        "auto": "Final_Training/Images/000NN/GT-000NN.csv or Final_Test/Images/" + TEST_CSV,
+        "train": "Final_Training/Images/000NN/GT-000NN.csv",
+        "test": "Final_Test/Images/" + TEST_CSV,
+    }[part]
     raise GTSRBFormatError(f"no GTSRB annotations under {root}: expected {wanted}")
 
 
@@ -108,7 +116,11 @@ def read_csv(csv_path: str | Path) -> list[GTSRBRecord]:
         hint = " (a test CSV without labels? use the labelled GT-final_test.csv)" if missing == ["ClassId"] else ""
         raise GTSRBFormatError(f"{csv_path}: header lacks {', '.join(missing)}{hint}; got {';'.join(header)}")
     col = {name: header.index(name) for name in CSV_COLUMNS}
-    folder_class = int(csv_path.parent.name) if _CLASS_DIR.match(csv_path.parent.name) and csv_path.name.startswith("GT-0") else None
+    folder_class = (
+        int(csv_path.parent.name)
+        if _CLASS_DIR.match(csv_path.parent.name) and csv_path.name.startswith("GT-0")
+        else None
+    )
     out = []
     for line, row in enumerate(rows[1:], start=2):
         if not row or all(not v.strip() for v in row):
@@ -142,8 +154,10 @@ def load_image(record: GTSRBRecord, size: int | None = None, crop: bool = False)
         with Image.open(record.path) as im:
             im.load()
             if im.size != (record.width, record.height):
-                raise GTSRBFormatError(f"{record.path} is {im.size[0]}x{im.size[1]}, but {record.source} says "
-                                       f"{record.width}x{record.height}")
+                raise GTSRBFormatError(
+                    f"{record.path} is {im.size[0]}x{im.size[1]}, but {record.source} says "
+                    f"{record.width}x{record.height}"
+                )
             rgb = im.convert("RGB")
     except FileNotFoundError as exc:
         raise GTSRBFormatError(f"missing image {record.path} (listed at {record.source})") from exc
@@ -159,16 +173,23 @@ def load_image(record: GTSRBRecord, size: int | None = None, crop: bool = False)
     return np.asarray(rgb)
 
 
-def iter_gtsrb(root: str | Path, size: int | None = None, crop: bool = False, part: str = "auto",
-               classes: set[int] | None = None) -> Iterator[tuple[np.ndarray, int]]:
+def iter_gtsrb(
+    root: str | Path, size: int | None = None, crop: bool = False, part: str = "auto", classes: set[int] | None = None
+) -> Iterator[tuple[np.ndarray, int]]:
     """Yields (uint8 image, class id) for each annotated image, in CSV order."""
     for record in read_annotations(root, part):
         if classes is None or record.class_id in classes:
             yield load_image(record, size, crop), record.class_id
 
 
-def load_gtsrb(root: str | Path, size: int | None = 64, crop: bool = True, part: str = "auto",
-               limit: int | None = None, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def load_gtsrb(
+    root: str | Path,
+    size: int | None = 64,
+    crop: bool = True,
+    part: str = "auto",
+    limit: int | None = None,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
     """All (or the first `limit`) images as (uint8 (N, H, W, 3), int64 (N,) labels).
     With `size=None` the images are kept as they are, which needs them all the same size."""
     records = read_annotations(root, part)[:limit]
@@ -186,8 +207,14 @@ def load_gtsrb(root: str | Path, size: int | None = 64, crop: bool = True, part:
 class GTSRBImages:
     """A GTSRB copy as a data set shaped like torchvision's `GTSRB`: item i is (PIL image, class)."""
 
-    def __init__(self, root: str | Path, part: str = "auto", crop: bool = False, size: int | None = None,
-                 transform: Callable[[Image.Image], Any] | None = None):
+    def __init__(
+        self,
+        root: str | Path,
+        part: str = "auto",
+        crop: bool = False,
+        size: int | None = None,
+        transform: Callable[[Image.Image], Any] | None = None,
+    ):
         self.records = read_annotations(root, part)
         self.crop, self.size, self.transform = crop, size, transform
 

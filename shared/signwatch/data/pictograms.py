@@ -21,8 +21,9 @@ Color = tuple[int, int, int]
 class Pen:
     """Draws in unit coordinates: canvas point = (cx + sx * x * k, cy + y * k)."""
 
-    def __init__(self, draw: ImageDraw.ImageDraw, cx: float, cy: float, k: float, flip: bool = False,
-                 bold: float = 1.0):
+    def __init__(
+        self, draw: ImageDraw.ImageDraw, cx: float, cy: float, k: float, flip: bool = False, bold: float = 1.0
+    ):
         self.draw, self.cx, self.cy, self.k, self.bold = draw, cx, cy, k, bold
         self.sx = -1.0 if flip else 1.0
 
@@ -90,7 +91,10 @@ def bezier(p0: Point, p1: Point, p2: Point, p3: Point, n: int = 16) -> list[Poin
 def arc(cx: float, cy: float, r: float, a0: float, a1: float, n: int = 16) -> list[Point]:
     """Points on a circle from angle a0 to a1 (degrees, image coordinates: clockwise on screen)."""
     return [
-        (cx + r * math.cos(math.radians(a0 + (a1 - a0) * i / n)), cy + r * math.sin(math.radians(a0 + (a1 - a0) * i / n)))
+        (
+            cx + r * math.cos(math.radians(a0 + (a1 - a0) * i / n)),
+            cy + r * math.sin(math.radians(a0 + (a1 - a0) * i / n)),
+        )
         for i in range(n + 1)
     ]
 
@@ -104,8 +108,17 @@ def text_mask(text: str, stroke: int) -> Image.Image:
     return im.crop(im.getbbox())
 
 
-def paste_text(canvas: Image.Image, text: str, cx: float, cy: float, height: float, max_width: float,
-               fill: Color, condense: float = 0.85, stroke: int = 12) -> None:
+def paste_text(
+    canvas: Image.Image,
+    text: str,
+    cx: float,
+    cy: float,
+    height: float,
+    max_width: float,
+    fill: Color,
+    condense: float = 0.85,
+    stroke: int = 12,
+) -> None:
     """Writes `text` centred on (cx, cy), `height` px tall, narrowed to fit `max_width`."""
     mask = text_mask(text, stroke)
     width = min(max_width, mask.width * height / mask.height * condense)
@@ -117,6 +130,7 @@ def paste_text(canvas: Image.Image, text: str, cx: float, cy: float, height: flo
 # ----------------------------------------------------------------------------------- vehicles
 def car_rear(pen: Pen, x: float, y: float, s: float, body: Color, window: Color) -> None:
     """A car seen from behind, centred on (x, y), `s` wide (the cars of the no-passing signs)."""
+
     def q(px: float, py: float) -> Point:
         return (x + px * s, y + py * s)
 
@@ -129,6 +143,7 @@ def car_rear(pen: Pen, x: float, y: float, s: float, body: Color, window: Color)
 
 def truck_front(pen: Pen, x: float, y: float, s: float, body: Color, window: Color) -> None:
     """A lorry seen from the front: taller and boxier than `car_rear` (signs 10 and 42)."""
+
     def q(px: float, py: float) -> Point:
         return (x + px * s, y + py * s)
 
@@ -150,6 +165,7 @@ def truck_side(pen: Pen, color: Color, window: Color) -> None:
 # ----------------------------------------------------------------------------------- figures
 def walker(pen: Pen, x: float, y: float, s: float, c: Color) -> None:
     """A walking person, feet at y + 0.9 s, `s` the scale (1 = a full-height figure)."""
+
     def q(px: float, py: float) -> Point:
         return (x + px * s, y + py * s)
 

@@ -48,7 +48,9 @@ def check_seed(seed: int) -> int:
     return int(seed)
 
 
-def render_scene(class_id: int, rng: np.random.Generator, size: int = 64, variant: str = "clean") -> tuple[np.ndarray, Roi]:
+def render_scene(
+    class_id: int, rng: np.random.Generator, size: int = 64, variant: str = "clean"
+) -> tuple[np.ndarray, Roi]:
     """One picture of sign `class_id` as (uint8 (size, size, 3), ROI (x1, y1, x2, y2) inclusive)."""
     class_id, size, variant = check_class_id(class_id), check_size(size), check_variant(variant)
     weather = np.random.default_rng(int(rng.integers(0, 2**63)))  # drawn for every variant alike
@@ -78,7 +80,9 @@ def example_rng(index: int, seed: int = 0, split: str = "train") -> np.random.Ge
     """The generator of image `index` of data set (`seed`, `split`)."""
     if index < 0:
         raise ValueError(f"index must be non-negative; got {index}")
-    return np.random.default_rng(np.random.SeedSequence([check_seed(seed), SPLIT_CODES[check_split(split)], int(index)]))
+    return np.random.default_rng(
+        np.random.SeedSequence([check_seed(seed), SPLIT_CODES[check_split(split)], int(index)])
+    )
 
 
 def example_class(index: int) -> int:
@@ -86,21 +90,31 @@ def example_class(index: int) -> int:
     return int(index) % NUM_CLASSES
 
 
-def render_record(index: int, seed: int = 0, size: int = 64, variant: str = "clean", split: str = "train") -> tuple[np.ndarray, int, Roi]:
+def render_record(
+    index: int, seed: int = 0, size: int = 64, variant: str = "clean", split: str = "train"
+) -> tuple[np.ndarray, int, Roi]:
     """Image `index` of a data set as (uint8 array, class id, ROI)."""
     class_id = example_class(index)
     img, box = render_scene(class_id, example_rng(index, seed, split), size, variant)
     return img, class_id, box
 
 
-def render_example(index: int, seed: int = 0, size: int = 64, variant: str = "clean", split: str = "train") -> tuple[Image.Image, int]:
+def render_example(
+    index: int, seed: int = 0, size: int = 64, variant: str = "clean", split: str = "train"
+) -> tuple[Image.Image, int]:
     """Image `index` of data set (`seed`, `split`, `variant`) as (PIL RGB image, class id)."""
     img, class_id, _ = render_record(index, seed, size, variant, split)
     return Image.fromarray(img), class_id
 
 
-def render_batch(class_ids: Sequence[int] | np.ndarray, seed: int = 0, size: int = 64, variant: str = "clean",
-                 split: str = "train", start: int = 0) -> np.ndarray:
+def render_batch(
+    class_ids: Sequence[int] | np.ndarray,
+    seed: int = 0,
+    size: int = 64,
+    variant: str = "clean",
+    split: str = "train",
+    start: int = 0,
+) -> np.ndarray:
     """Pictures of the given classes, uint8 (N, size, size, 3); picture i uses the generator of index
     `start + i`, so a batch cut into pieces (with matching `start`) renders the same pixels."""
     ids = [check_class_id(c) for c in np.asarray(class_ids).reshape(-1).tolist()]
@@ -120,8 +134,16 @@ def _render_chunk(args: tuple[int, int, int, int, str, str]) -> tuple[int, np.nd
     return first, images, labels, rois
 
 
-def iter_chunks(count: int, seed: int = 0, split: str = "train", size: int = 64, variant: str = "clean",
-                workers: int = 1, start: int = 0, chunk: int = 128) -> Iterable[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+def iter_chunks(
+    count: int,
+    seed: int = 0,
+    split: str = "train",
+    size: int = 64,
+    variant: str = "clean",
+    workers: int = 1,
+    start: int = 0,
+    chunk: int = 128,
+) -> Iterable[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
     """Renders indices start..start+count-1 in chunks, in order, as (first index, images, labels, rois)."""
     check_seed(seed), check_split(split), check_size(size), check_variant(variant)
     if count < 0 or start < 0:
@@ -136,16 +158,24 @@ def iter_chunks(count: int, seed: int = 0, split: str = "train", size: int = 64,
         yield from pool.imap(_render_chunk, jobs)
 
 
-def render_array(count: int, seed: int = 0, split: str = "train", size: int = 64, variant: str = "clean",
-                 progress: bool = True, workers: int = 1, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def render_array(
+    count: int,
+    seed: int = 0,
+    split: str = "train",
+    size: int = 64,
+    variant: str = "clean",
+    progress: bool = True,
+    workers: int = 1,
+    start: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
     """Images start..start+count-1 of a data set: (uint8 (count, size, size, 3), int64 (count,) labels).
     `workers` > 1 renders in that many processes; the pixels are the same either way."""
     images = np.empty((count, size, size, 3), dtype=np.uint8)
     labels = np.empty(count, dtype=np.int64)
     bar = _progress(count, f"render {split}/{variant}", progress)
     for first, imgs, labs, _ in iter_chunks(count, seed, split, size, variant, workers, start):
-        images[first - start:first - start + len(imgs)] = imgs
-        labels[first - start:first - start + len(labs)] = labs
+        images[first - start : first - start + len(imgs)] = imgs
+        labels[first - start : first - start + len(labs)] = labs
         bar.update(len(imgs))
     bar.close()
     return images, labels
@@ -164,9 +194,16 @@ class SyntheticGTSRB:
     training pictures every epoch call `set_epoch(e)`: item i then renders index `e * length + i`.
     """
 
-    def __init__(self, length: int, seed: int = 0, split: str = "train", size: int = 64, variant: str = "clean",
-                 transform: Callable[[Image.Image], Any] | None = None,
-                 target_transform: Callable[[int], Any] | None = None):
+    def __init__(
+        self,
+        length: int,
+        seed: int = 0,
+        split: str = "train",
+        size: int = 64,
+        variant: str = "clean",
+        transform: Callable[[Image.Image], Any] | None = None,
+        target_transform: Callable[[int], Any] | None = None,
+    ):
         if length < 0:
             raise ValueError("length must be non-negative")
         self.length, self.seed, self.split = length, check_seed(seed), check_split(split)

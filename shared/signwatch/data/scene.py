@@ -61,7 +61,15 @@ def _upsampler(n: int, cells: int) -> np.ndarray:
     u = (np.arange(n) + 0.5) * cells / n - 0.5
     i0 = np.floor(u).astype(int)
     t = u - i0
-    w = np.stack([(-t**3 + 2 * t**2 - t) / 2, (3 * t**3 - 5 * t**2 + 2) / 2, (-3 * t**3 + 4 * t**2 + t) / 2, (t**3 - t**2) / 2], 1)
+    w = np.stack(
+        [
+            (-(t**3) + 2 * t**2 - t) / 2,
+            (3 * t**3 - 5 * t**2 + 2) / 2,
+            (-3 * t**3 + 4 * t**2 + t) / 2,
+            (t**3 - t**2) / 2,
+        ],
+        1,
+    )
     m = np.zeros((n, cells), dtype=F32)
     for k in range(4):
         np.add.at(m, (np.arange(n), np.clip(i0 + k - 1, 0, cells - 1)), w[:, k])
@@ -86,7 +94,7 @@ def sensor_noise(rng: np.random.Generator, n: int, sd: float) -> np.ndarray:
     """(3, n, n) zero-mean noise of standard deviation about `sd`."""
     ox, oy = rng.integers(0, n, 2)
     sign = F32(1 if rng.random() < 0.5 else -1)
-    return _noise_bank(n)[:, oy:oy + n, ox:ox + n] * (sign * F32(sd / 1.08))
+    return _noise_bank(n)[:, oy : oy + n, ox : ox + n] * (sign * F32(sd / 1.08))
 
 
 def _color(rng: np.random.Generator, base, spread: float = 0.08) -> np.ndarray:
@@ -153,8 +161,9 @@ def warp(template: Template, h: np.ndarray, n: int) -> np.ndarray:
     """The template seen through `h`: premultiplied (4, n, n) float32."""
     inv = np.linalg.inv(h)
     inv = inv / inv[2, 2]
-    im = template.image.transform((n, n), Image.Transform.PERSPECTIVE, tuple(inv.flatten()[:8]),
-                                  Image.Resampling.BILINEAR)
+    im = template.image.transform(
+        (n, n), Image.Transform.PERSPECTIVE, tuple(inv.flatten()[:8]), Image.Resampling.BILINEAR
+    )
     return from_image(im)
 
 
@@ -180,7 +189,11 @@ def background(rng: np.random.Generator, n: int, pose: Pose) -> np.ndarray:
         bg = bg + (value_noise(rng, n, int(rng.integers(3, 7))) - 0.5) * F32(rng.uniform(0.0, 0.35))
     elif kind == 1:  # foliage: green / olive / brown, several octaves
         base = _color(rng, ((0.2, 0.32, 0.14), (0.34, 0.36, 0.2), (0.36, 0.28, 0.18))[rng.integers(3)], 0.08)
-        tex = value_noise(rng, n, 4, 3) * F32(0.45) + value_noise(rng, n, 9, 3) * F32(0.35) + value_noise(rng, n, 18) * F32(0.2)
+        tex = (
+            value_noise(rng, n, 4, 3) * F32(0.45)
+            + value_noise(rng, n, 9, 3) * F32(0.35)
+            + value_noise(rng, n, 18) * F32(0.2)
+        )
         bg = base * (F32(0.45) + tex * F32(rng.uniform(0.8, 1.5)))
     elif kind == 2:  # buildings: a wall with some texture (windows come with the clutter)
         wall = _color(rng, ((0.6, 0.58, 0.55), (0.62, 0.45, 0.36), (0.45, 0.45, 0.48))[rng.integers(3)], 0.1)
@@ -208,7 +221,11 @@ def background(rng: np.random.Generator, n: int, pose: Pose) -> np.ndarray:
         if shape == 0:
             draw.rectangle((x, 0, x + rng.uniform(0.03, 0.12) * n, n), fill=k + 1)
         elif shape == 1:
-            draw.line((x, y, x + rng.normal(0, s), y + rng.normal(0, s)), fill=k + 1, width=max(1, int(rng.uniform(0.01, 0.05) * n)))
+            draw.line(
+                (x, y, x + rng.normal(0, s), y + rng.normal(0, s)),
+                fill=k + 1,
+                width=max(1, int(rng.uniform(0.01, 0.05) * n)),
+            )
         elif shape == 2:
             draw.rectangle((x, y, x + s, y + s * rng.uniform(0.3, 1.5)), fill=k + 1)
         else:
@@ -265,12 +282,19 @@ def occlude(rng: np.random.Generator, img: np.ndarray, pose: Pose) -> np.ndarray
     elif kind == 1:  # a pole in front
         w = rng.uniform(0.1, 0.22) * r
         x = cx + rng.uniform(-0.8, 0.8) * r
-        draw.polygon([(x - w, 0), (x + w, 0), (x + w + rng.normal(0, 0.2 * r), n), (x - w + rng.normal(0, 0.2 * r), n)], fill=255)
+        draw.polygon(
+            [(x - w, 0), (x + w, 0), (x + w + rng.normal(0, 0.2 * r), n), (x - w + rng.normal(0, 0.2 * r), n)], fill=255
+        )
         col = _color(rng, (0.45, 0.45, 0.45), 0.2)
     else:  # something's edge coming in from a side
         depth = rng.uniform(0.15, 0.45) * r
         side = rng.integers(4)
-        box = [(0, 0, cx - r + depth, n), (cx + r - depth, 0, n, n), (0, 0, n, cy - r + depth), (0, cy + r - depth, n, n)][side]
+        box = [
+            (0, 0, cx - r + depth, n),
+            (cx + r - depth, 0, n, n),
+            (0, 0, n, cy - r + depth),
+            (0, cy + r - depth, n, n),
+        ][side]
         draw.rectangle(box, fill=255)
         col = _color(rng, rng.uniform(0.1, 0.8, 3), 0.0)
     m = from_image(mask.filter(ImageFilter.GaussianBlur(0.4 * n / 64)))
@@ -369,9 +393,9 @@ def _small_gemms(x: np.ndarray, left: np.ndarray | None = None, right: np.ndarra
     out = np.empty(x.shape[:-2] + (m, n), dtype=np.result_type(x, left if left is not None else right))
     for i in range(0, m, rows):
         if left is not None:
-            out[..., i:i + rows, :] = left[i:i + rows] @ x
+            out[..., i : i + rows, :] = left[i : i + rows] @ x
         else:
-            out[..., i:i + rows, :] = x[..., i:i + rows, :] @ right
+            out[..., i : i + rows, :] = x[..., i : i + rows, :] @ right
     return out
 
 

@@ -11,8 +11,14 @@ from signwatch.data.render import check_size, render_record
 from signwatch.data.variants import VARIANTS, check_variant
 
 
-def contact_sheet(samples: int = 4, seed: int = 0, size: int = 64, variants: Sequence[str] = VARIANTS[1:],
-                  split: str = "test", per_row: int = 22) -> Image.Image:
+def contact_sheet(
+    samples: int = 4,
+    seed: int = 0,
+    size: int = 64,
+    variants: Sequence[str] = VARIANTS[1:],
+    split: str = "test",
+    per_row: int = 22,
+) -> Image.Image:
     """A grid with one column per class (in bands of `per_row` classes): `samples` clean pictures,
     then one row per variant. Variant rows show the scene of the first clean row with the
     weather on top (image index c of each set), so each column compares like with like."""

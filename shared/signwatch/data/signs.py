@@ -52,13 +52,21 @@ class SignStyle:
 def sign_style(style: int) -> SignStyle:
     """Style `style` (0..NUM_STYLES-1); style 0 is the nominal one."""
     rng = np.random.default_rng([7, style])
-    j = (lambda base, spread: tuple(int(np.clip(b + rng.integers(-spread, spread + 1), 0, 255)) for b in base))
-    if style == 0:
-        j = (lambda base, spread: tuple(base))  # noqa: E731
+
+    def j(base: Color, spread: int) -> Color:
+        if style == 0:
+            return base
+        return tuple(int(np.clip(b + rng.integers(-spread, spread + 1), 0, 255)) for b in base)  # type: ignore[return-value]
+
     return SignStyle(
-        red=j((200, 28, 38), 14), blue=j((18, 78, 168), 14), yellow=j((246, 188, 20), 12),
-        white=j((242, 242, 238), 6), black=j((22, 22, 24), 10), grey=j((118, 118, 118), 14),
-        amber=j((250, 176, 0), 10), green=j((0, 160, 80), 12),
+        red=j((200, 28, 38), 14),
+        blue=j((18, 78, 168), 14),
+        yellow=j((246, 188, 20), 12),
+        white=j((242, 242, 238), 6),
+        black=j((22, 22, 24), 10),
+        grey=j((118, 118, 118), 14),
+        amber=j((250, 176, 0), 10),
+        green=j((0, 160, 80), 12),
         ring=1.0 if style == 0 else float(rng.uniform(0.9, 1.1)),
         stroke=12 if style == 0 else int(rng.integers(9, 15)),
         content=1.0 if style == 0 else float(rng.uniform(0.95, 1.04)),
@@ -85,7 +93,9 @@ def _triangle(rgb: ImageDraw.ImageDraw, mask: ImageDraw.ImageDraw, S: int, st: S
     ac = a0 - rho0
     sgn = -1 if inverted else 1
     cx, cy = S / 2, S / 2 + sgn * (a0 - rho0) / 2
-    core = [(cx + 2 * ac * math.sin(math.radians(t)), cy - sgn * 2 * ac * math.cos(math.radians(t))) for t in (0, 120, 240)]
+    core = [
+        (cx + 2 * ac * math.sin(math.radians(t)), cy - sgn * 2 * ac * math.cos(math.radians(t))) for t in (0, 120, 240)
+    ]
     _rounded_polygon(mask, core, rho0, 255)
     _rounded_polygon(rgb, core, rho0, st.white)
     _rounded_polygon(rgb, core, rho0 - rim, st.red)
@@ -144,8 +154,16 @@ def draw_sign(class_id: int, px: int = 128, style: int = 0, supersample: int = 4
             circle(R * 0.965, st.red)
             circle(R * (0.965 - 0.17 * st.ring), st.white)
             if class_id in SPEED_LIMITS:
-                paste_text(rgb_im, str(SPEED_LIMITS[class_id]), c, c, 0.76 * R * st.content, 1.3 * R, st.black,
-                           stroke=st.stroke)
+                paste_text(
+                    rgb_im,
+                    str(SPEED_LIMITS[class_id]),
+                    c,
+                    c,
+                    0.76 * R * st.content,
+                    1.3 * R,
+                    st.black,
+                    stroke=st.stroke,
+                )
             elif class_id == 9:
                 car_rear(pen, -0.35, -0.02, 0.6, st.red, st.white)
                 car_rear(pen, 0.35, -0.02, 0.6, st.black, st.white)
@@ -164,18 +182,20 @@ def draw_sign(class_id: int, px: int = 128, style: int = 0, supersample: int = 4
     elif shape == "octagon":
         A = 0.49 * S
         ro = A / math.cos(math.radians(22.5))
-        pts = lambda r: [(c + r * math.cos(math.radians(22.5 + 45 * k)), c + r * math.sin(math.radians(22.5 + 45 * k))) for k in range(8)]  # noqa: E731
-        mask.polygon(pts(ro), fill=255)
-        rgb.polygon(pts(ro), fill=st.white)
-        rgb.polygon(pts(ro * 0.94), fill=st.red)
+        corners = [(math.cos(math.radians(22.5 + 45 * k)), math.sin(math.radians(22.5 + 45 * k))) for k in range(8)]
+        mask.polygon([(c + ro * x, c + ro * y) for x, y in corners], fill=255)
+        rgb.polygon([(c + ro * x, c + ro * y) for x, y in corners], fill=st.white)
+        rgb.polygon([(c + 0.94 * ro * x, c + 0.94 * ro * y) for x, y in corners], fill=st.red)
         paste_text(rgb_im, "STOP", c, c, 0.56 * A * st.content, 1.56 * A, st.white, condense=0.82, stroke=st.stroke - 2)
     elif shape == "diamond":
         r = 0.49 * S
-        dia = lambda q: [(c, c - q), (c + q, c), (c, c + q), (c - q, c)]  # noqa: E731
-        mask.polygon(dia(r), fill=255)
-        rgb.polygon(dia(r), fill=st.black)
-        rgb.polygon(dia(r * 0.97), fill=st.white)
-        rgb.polygon(dia(r * 0.62), fill=st.yellow)
+        for q, target, fill in (
+            (r, mask, 255),
+            (r, rgb, st.black),
+            (0.97 * r, rgb, st.white),
+            (0.62 * r, rgb, st.yellow),
+        ):
+            target.polygon([(c, c - q), (c + q, c), (c, c + q), (c - q, c)], fill=fill)
     out = Image.merge("RGBA", (*rgb_im.split(), mask_im))
     return out if supersample == 1 else out.reduce(supersample)
 

@@ -47,7 +47,10 @@ def on_sign(variant: str, rng: np.random.Generator, sign: np.ndarray, pose: Pose
     for _ in range(int(rng.integers(0, 4))):  # patches of snow stuck on the face
         px, py = pose.center[0] + rng.uniform(-0.8, 0.8) * r, pose.center[1] + rng.uniform(-0.8, 0.8) * r
         s = rng.uniform(0.06, 0.16) * r * 2
-        draw.ellipse((px - s, py - s * rng.uniform(0.4, 0.9), px + s, py + s * rng.uniform(0.4, 0.9)), fill=int(rng.integers(160, 256)))
+        draw.ellipse(
+            (px - s, py - s * rng.uniform(0.4, 0.9), px + s, py + s * rng.uniform(0.4, 0.9)),
+            fill=int(rng.integers(160, 256)),
+        )
     patches = from_image(mask.filter(ImageFilter.GaussianBlur(max(0.6, 0.02 * n))))
     m = np.clip(cap + patches, 0, 1)
     snow = np.array([0.95, 0.96, 1.0], dtype=F32).reshape(3, 1, 1) * F32(rng.uniform(0.88, 1.0))
@@ -78,7 +81,7 @@ def on_scene(variant: str, rng: np.random.Generator, img: np.ndarray, alpha: np.
         xs, ys = rng.uniform(0, n, count), rng.uniform(0, n, count)
         sizes = rng.uniform(0.3, 1.1, count) * k * np.where(rng.random(count) < 0.05, 2.2, 1.0)  # some near the lens
         shades = rng.integers(120, 240, count)
-        for x, y, s, v in zip(xs.tolist(), ys.tolist(), sizes.tolist(), shades.tolist()):
+        for x, y, s, v in zip(xs.tolist(), ys.tolist(), sizes.tolist(), shades.tolist(), strict=True):
             draw.ellipse((x - s, y - s, x + s, y + s), fill=v)
         m = from_image(mask.filter(ImageFilter.GaussianBlur(0.4 * k)))
         return img * (1 - m) + F32(0.97) * m
@@ -114,7 +117,9 @@ def on_camera(variant: str, rng: np.random.Generator, cam: Camera, n: int) -> Ca
     k = n / 64
     if variant == "night":
         jpeg = int(rng.integers(25, 70)) if cam.jpeg or rng.random() < 0.5 else 0
-        return dataclasses.replace(cam, noise=cam.noise + float(rng.uniform(0.02, 0.06)), blur=cam.blur + 0.4 * k, jpeg=jpeg)
+        return dataclasses.replace(
+            cam, noise=cam.noise + float(rng.uniform(0.02, 0.06)), blur=cam.blur + 0.4 * k, jpeg=jpeg
+        )
     if variant == "fog":
         return dataclasses.replace(cam, blur=cam.blur + float(rng.uniform(0.4, 1.2)) * k)
     if variant == "snow":

@@ -43,8 +43,17 @@ def training_name(index: int) -> tuple[int, str]:
     return class_id, f"{k // FRAMES_PER_TRACK:05d}_{k % FRAMES_PER_TRACK:05d}.ppm"
 
 
-def write_gtsrb(out: str | Path, count: int, split: str = "train", seed: int = 0, size: int = 64,
-                variant: str = "clean", workers: int = 1, progress: bool = True, overwrite: bool = False) -> RenderSummary:
+def write_gtsrb(
+    out: str | Path,
+    count: int,
+    split: str = "train",
+    seed: int = 0,
+    size: int = 64,
+    variant: str = "clean",
+    workers: int = 1,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> RenderSummary:
     """Renders images 0..count-1 of (seed, split, variant) into `out` in the GTSRB layout.
 
     Refuses to write into a non-empty `Final_Training` / `Final_Test` folder unless `overwrite`,

@@ -1,4 +1,4 @@
-"""FullGrad saliency (Srinivas & Fleuret, NeurIPS 2019), as fixed in docs "FullGrad, exactly".
+"""FullGrad saliency (Srinivas & Fleuret, NeurIPS 2019), as fixed in the design brief's "FullGrad, exactly".
 
 For a target score s(x) the full-gradient decomposition is exact:
 
@@ -237,8 +237,9 @@ def fullgrad(
 def straightforward_fullgrad(
     model: nn.Module, images: torch.Tensor, target: TargetLike = None, *, eps: float = POST_EPS
 ) -> torch.Tensor:
-    """Reference FullGrad the way the popular libraries aggregate it: every channel of every
-    bias-gradient term is normalised and upsampled on its own, then everything is summed.
+    """Reference FullGrad: every channel of every bias-gradient term is upsampled on its own and
+    only then summed, as the popular libraries do, but normalised like ``fullgrad`` (per sample,
+    over the term's whole (C, H, W) tensor).
 
     Slow on purpose; it exists to check that ``fullgrad``'s summing before upsampling changes
     nothing but the speed. Returns (B, 1, H, W) on the input's device.

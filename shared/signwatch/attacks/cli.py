@@ -1,0 +1,204 @@
+"""``signwatch attack``: craft targeted adversarial images and write them with their figures.
+
+    signwatch attack --method pgd --target 14 --eps 0.0314 --steps 10 --count 64 --out attacks/pgd
+
+By default it renders a fresh test set (split "test", ``--seed``); ``--images`` takes a folder of
+PNG/JPEG/PPM files, a GTSRB folder layout (labels from its CSVs), or a ``.npy`` array
+(N, H, W, 3) uint8 (labels from a ``labels.json`` beside it, as this command writes).
+"""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import numpy as np
+import typer
+
+from signwatch.attacks.methods import DEFAULT_OVERSHOOT, DEFAULT_STEPS, METHODS
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm")
+DEFAULT_COUNT = 64
+
+attack_app = typer.Typer(name="attack", add_completion=False, no_args_is_help=False, subcommand_metavar="",
+                         help="Craft targeted adversarial images (default: make the model say Stop).")
+
+
+class Method(str, Enum):
+    pgd = "pgd"
+    fgsm = "fgsm"
+    deepfool = "deepfool"
+
+
+assert tuple(m.value for m in Method) == METHODS
+
+
+class AttackInputError(ValueError):
+    """The images given to the command cannot be used."""
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(code=2)
+
+
+def _labels_beside(npy: Path, n: int) -> np.ndarray | None:
+    path = npy.with_name("labels.json")
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        labels = data["labels"] if isinstance(data, dict) else data
+        if len(labels) != n:
+            return None
+        return np.array([-1 if v is None else int(v) for v in labels], dtype=np.int64)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _load_npy(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except Exception as exc:  # numpy raises ValueError, OSError, EOFError, ... for broken files
+        raise AttackInputError(f"cannot read {path} as a .npy array: {exc}") from None
+    if arr.ndim == 3:
+        arr = arr[None]
+    if arr.ndim == 4 and arr.shape[1] == 3 and arr.shape[-1] != 3:
+        arr = np.moveaxis(arr, 1, -1)  # NCHW -> NHWC
+    if arr.ndim != 4 or arr.shape[-1] != 3 or 0 in arr.shape:
+        raise AttackInputError(f"{path}: expected images (N, H, W, 3); got shape {arr.shape}")
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
+            raise AttackInputError(f"{path}: float images must lie in [0, 1]")
+        arr = np.round(arr * 255).astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        raise AttackInputError(f"{path}: dtype must be uint8 or float in [0, 1]; got {arr.dtype}")
+    return arr, _labels_beside(path, len(arr))
+
+
+def _load_folder(folder: Path, size: int, limit: int | None) -> tuple[list[np.ndarray] | np.ndarray, np.ndarray | None]:
+    from PIL import Image
+
+    from signwatch.data.gtsrb import GTSRBFormatError, find_annotation_files, load_gtsrb
+
+    try:
+        find_annotation_files(folder)
+        is_gtsrb = True
+    except (GTSRBFormatError, ValueError):
+        is_gtsrb = False
+    if is_gtsrb:  # labelled: the whole image, as the service sees it (no crop to the ROI)
+        try:
+            images, labels = load_gtsrb(folder, size=size, crop=False, limit=limit)
+        except (GTSRBFormatError, ValueError) as exc:
+            raise AttackInputError(str(exc)) from None
+        if not len(images):
+            raise AttackInputError(f"no images listed in the GTSRB annotations under {folder}")
+        return images, labels
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise AttackInputError(f"no PNG/JPEG/PPM images in {folder}")
+    images = []
+    for path in files[:limit]:
+        try:
+            with Image.open(path) as im:
+                im.load()
+                images.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
+        except Exception as exc:  # PIL raises many types for corrupt files
+            raise AttackInputError(f"corrupt or unreadable image {path}: {exc}") from None
+    return images, None
+
+
+def load_inputs(images: Path | None, count: int | None, seed: int, size: int,
+                ) -> tuple["torch.Tensor", np.ndarray | None, str]:  # noqa: F821
+    """The clean images as (B, 3, size, size) in [0, 1], their labels (or None) and a description."""
+    from signwatch.model.core import to_unit_tensor
+
+    if images is None:
+        from signwatch.data.render import render_array
+
+        n = DEFAULT_COUNT if count is None else count
+        arr, labels = render_array(n, seed=seed, split="test", size=size, workers=1, progress=False)
+        return to_unit_tensor(arr, size), labels, f"rendered test split, seed {seed}"
+    if not images.exists():
+        raise AttackInputError(f"{images} does not exist")
+    if images.is_dir():
+        arr, labels = _load_folder(images, size, count)
+    elif images.suffix.lower() == ".npy":
+        arr, labels = _load_npy(images)
+        arr, labels = arr[:count], (None if labels is None else labels[:count])
+    else:
+        raise AttackInputError(f"{images}: give a folder of images or a .npy array")
+    return to_unit_tensor(list(arr), size), labels, str(images)
+
+
+@attack_app.callback(invoke_without_command=True)
+def attack(
+    method: Annotated[Method, typer.Option(help="pgd (L-inf, iterative), fgsm (one step) or deepfool (minimal L2).")] = Method.pgd,
+    target: Annotated[int, typer.Option(help="Class id the images should be taken for (14 = Stop).")] = 14,
+    eps: Annotated[float, typer.Option(help="L-inf budget in [0, 1] pixel units (8/255 = 0.0314); not used by deepfool.")] = 8 / 255,
+    steps: Annotated[Optional[int], typer.Option(min=1, help="Iterations (default: pgd 10, deepfool 50; fgsm is one step).")] = None,
+    step: Annotated[Optional[float], typer.Option(help="PGD step size (default 2.5 * eps / steps).")] = None,
+    overshoot: Annotated[float, typer.Option(min=0.0, help="DeepFool overshoot.")] = DEFAULT_OVERSHOOT,
+    count: Annotated[Optional[int], typer.Option("--count", "-n", min=1, help=f"Images to attack (default {DEFAULT_COUNT} rendered, or all given).")] = None,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the rendered test set and of PGD's random start.")] = 0,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the images, adversarial.npy, labels.json, report.json.")] = Path("attacks"),
+    images: Annotated[Optional[Path], typer.Option(help="Folder of PNG/JPEG/PPM images (or a GTSRB layout) or a .npy array, instead of rendering.")] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="Model weights (default: the shipped model).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 64,
+    device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: cpu).")] = None,
+    no_png: Annotated[bool, typer.Option("--no-png", help="Write only adversarial.npy, labels.json and report.json.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the summary.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Attack COUNT test images towards TARGET and write the results to OUT."""
+    import torch
+
+    from signwatch.attacks.methods import check_eps, run_attack
+    from signwatch.attacks.report import AttackReport, save_attack
+    from signwatch.model import load_model
+
+    if not 0 <= target <= 42:
+        raise _fail(f"--target must be a class id in 0..42; got {target}")
+    if method is not Method.deepfool:
+        try:
+            check_eps(eps)
+        except ValueError as exc:
+            raise _fail(f"--eps: {exc}") from None
+    if step is not None and not step > 0:
+        raise _fail(f"--step must be positive; got {step}")
+    if out.exists() and not out.is_dir():
+        raise _fail(f"--out {out} exists and is not a folder")
+    try:
+        model, spec = load_model(weights, device=device or "cpu")
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        raise _fail(f"cannot load the model: {exc}") from None
+    if target >= spec.num_classes:
+        raise _fail(f"--target must be a class id in 0..{spec.num_classes - 1}; got {target}")
+    try:
+        clean, labels, source = load_inputs(images, count, seed, spec.input_size)
+    except AttackInputError as exc:
+        raise _fail(str(exc)) from None
+    dev = next(model.parameters()).device
+    clean = clean.to(dev)
+    used_steps = 1 if method is Method.fgsm else (DEFAULT_STEPS[method.value] if steps is None else steps)
+    with torch.random.fork_rng(devices=[]):
+        result = run_attack(method.value, model, spec, clean, target=target, eps=eps, steps=used_steps,
+                            step=step, seed=seed, overshoot=overshoot, batch_size=batch_size,
+                            quantize_result=True, progress=not quiet)
+    report = AttackReport.measure(model, spec, clean, result.adversarial, labels, target, method.value,
+                                  None if method is Method.deepfool else eps, used_steps)
+    try:
+        save_attack(out, clean, result.adversarial, report, images=not no_png, progress=not quiet)
+    except OSError as exc:
+        raise _fail(f"cannot write to {out}: {exc}") from None
+    if as_json:
+        typer.echo(json.dumps(report.summary() | {"source": source}))
+    else:
+        typer.echo(report.describe())
+        typer.echo(f"  images from:             {source}")
+
+
+if __name__ == "__main__":
+    attack_app()
