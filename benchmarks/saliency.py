@@ -66,6 +66,14 @@ def build(device: torch.device) -> tuple[torch.nn.Module, str]:
     )
 
 
+def default_threads() -> int:
+    """The CPUs this process may use, less those already busy: on a shared machine an OpenMP team
+    larger than the free cores waits at every barrier for a descheduled thread, which slows many
+    small kernels (ours) far more than long single-threaded numpy work (grad-cam's)."""
+    cpus = len(os.sched_getaffinity(0))
+    return max(1, min(cpus, cpus - round(os.getloadavg()[0])))
+
+
 def interleaved(ours, theirs, device: torch.device, rounds: int, ours_per_round: int) -> tuple[float, float]:
     """Median seconds per call of each, measured in alternation so that both see the same load
     (the machine is shared: timing one method after the other measures the neighbours too)."""
@@ -97,8 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--size", type=int, default=64, help="input height and width (the served model uses 64)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the CPUs this process may use)")
-    parser.add_argument("--rounds", type=int, default=5, help="timed rounds per batch size: one grad-cam call and three of ours each")
+    parser.add_argument(
+        "--threads", type=int, default=None,
+        help="torch threads (default: the CPUs this process may use, less the load average)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="timed rounds per batch size: one grad-cam call and three of ours each"
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -116,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         print("benchmarks/saliency.py: --device cuda asked for, but CUDA is not available", file=sys.stderr)
         return 2
 
-    threads = args.threads or len(os.sched_getaffinity(0))
+    threads = args.threads or default_threads()
     torch.set_num_threads(threads)
     device = torch.device(args.device)
     model, model_desc = build(device)
@@ -153,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
 
     report = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({threads} threads)",
+        "threads": threads,
         "torch": torch.__version__,
         "grad_cam": importlib.metadata.version("grad-cam"),
         "model": model_desc,

@@ -37,6 +37,9 @@ class InferenceCore:
 
     def close(self) -> None:
         self.publisher.close()
+        debugger = getattr(self, "debugger", None)
+        if debugger is not None:
+            debugger.close()  # writes the recorded steps still queued
         self.ports.close()
 
 

@@ -124,6 +124,46 @@ def evaluate(
                    f"ECE {r['ece']:.4f}  ({r.get('confusion_matrix_png', '')})")
 
 
+saliency_app = typer.Typer(no_args_is_help=True, help="Saliency maps: faithfulness and speed.")
+app.add_typer(saliency_app, name="saliency")
+
+
+@saliency_app.command("evaluate")
+def saliency_evaluate(
+    count: int = typer.Option(256, min=8, max=20_000, help="clean test images"),
+    seed: int = typer.Option(7, help="test-set seed"),
+    weights: Optional[Path] = typer.Option(None, help="safetensors weights (default: shipped)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Pixel-perturbation faithfulness of FullGrad, input x gradient, Grad-CAM and random maps."""
+    import torch
+
+    from signwatch.data.render import render_array
+    from signwatch.model import load_model, preprocess
+    from signwatch.saliency.faithfulness import compare
+
+    torch.manual_seed(seed)
+    model, spec = load_model(weights)
+    images, labels = render_array(count, seed=seed, split="test", size=spec.input_size, progress=not as_json)
+    batch = preprocess(list(images), spec)
+    with torch.no_grad():
+        predicted = torch.cat([model(batch[i:i + 64]).argmax(1) for i in range(0, len(batch), 64)])
+    keep = predicted == torch.from_numpy(labels)  # explain what the model got right
+    if int(keep.sum()) == 0:
+        typer.echo("the model classified none of the test images correctly", err=True)
+        raise typer.Exit(1)
+    table = compare(model, batch[keep], predicted[keep], seed=seed)
+    result = {"images": int(keep.sum()), "model_version": spec.version, "methods": table}
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    typer.echo(f"{int(keep.sum())} correctly classified clean test images ({spec.version})")
+    typer.echo(f"{'method':<18}{'least 10% change':>18}{'most 10% drop':>16}{'deletion AUC':>14}")
+    for name, row in table.items():
+        typer.echo(f"{name:<18}{row['least_removed_change']['0.1']:>18.4f}"
+                   f"{row['most_removed_drop']['0.1']:>16.4f}{row['deletion_auc']:>14.4f}")
+
+
 monitor_app = typer.Typer(no_args_is_help=True, help="Monitoring jobs.")
 app.add_typer(monitor_app, name="monitor")
 

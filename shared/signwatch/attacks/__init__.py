@@ -7,40 +7,50 @@ Attacks work on images in [0, 1] with the model's normalisation inside the graph
 - ``AttackReport``, ``save_attack``, ``triptych``: figures and files (``signwatch.attacks.report``).
 - ``targeted_pgd``: the original one-batch API, kept for the demo and the end-to-end test.
 - ``signwatch attack``: the command line (``signwatch.attacks.cli``).
+
+Names are loaded on first use, so that ``signwatch --help`` (which mounts the command line) does
+not import torch.
 """
 
-from signwatch.attacks.methods import (
-    DEFAULT_EPS,
-    DEFAULT_STEPS,
-    DEFAULT_TARGET,
-    METHODS,
-    AttackResult,
-    deepfool,
-    fgsm,
-    pgd,
-    predict_probabilities,
-    quantize,
-    run_attack,
-    targeted_pgd,
-)
-from signwatch.attacks.report import AttackReport, difference_image, save_attack, to_uint8, triptych
+from __future__ import annotations
 
-__all__ = [
-    "DEFAULT_EPS",
-    "DEFAULT_STEPS",
-    "DEFAULT_TARGET",
-    "METHODS",
-    "AttackReport",
-    "AttackResult",
-    "deepfool",
-    "difference_image",
-    "fgsm",
-    "pgd",
-    "predict_probabilities",
-    "quantize",
-    "run_attack",
-    "save_attack",
-    "targeted_pgd",
-    "to_uint8",
-    "triptych",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from signwatch.attacks.defaults import DEFAULT_EPS, DEFAULT_OVERSHOOT, DEFAULT_STEPS, DEFAULT_TARGET, METHODS
+
+_LAZY = {
+    **{name: "signwatch.attacks.methods" for name in (
+        "AttackResult", "deepfool", "fgsm", "pgd", "predict_probabilities", "quantize", "run_attack",
+        "targeted_pgd")},
+    **{name: "signwatch.attacks.report" for name in (
+        "AttackReport", "difference_image", "save_attack", "to_uint8", "triptych")},
+}
+
+__all__ = ["DEFAULT_EPS", "DEFAULT_OVERSHOOT", "DEFAULT_STEPS", "DEFAULT_TARGET", "METHODS", *sorted(_LAZY)]
+
+if TYPE_CHECKING:
+    from signwatch.attacks.methods import (  # noqa: F401
+        AttackResult,
+        deepfool,
+        fgsm,
+        pgd,
+        predict_probabilities,
+        quantize,
+        run_attack,
+        targeted_pgd,
+    )
+    from signwatch.attacks.report import AttackReport, difference_image, save_attack, to_uint8, triptych  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

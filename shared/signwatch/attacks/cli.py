@@ -10,29 +10,19 @@ PNG/JPEG/PPM files, a GTSRB folder layout (labels from its CSVs), or a ``.npy`` 
 from __future__ import annotations
 
 import json
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import numpy as np
 import typer
 
-from signwatch.attacks.methods import DEFAULT_OVERSHOOT, DEFAULT_STEPS, METHODS
+from signwatch.attacks.defaults import DEFAULT_OVERSHOOT, DEFAULT_STEPS, METHODS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm")
 DEFAULT_COUNT = 64
 
 attack_app = typer.Typer(name="attack", add_completion=False, no_args_is_help=False, subcommand_metavar="",
                          help="Craft targeted adversarial images (default: make the model say Stop).")
-
-
-class Method(str, Enum):
-    pgd = "pgd"
-    fgsm = "fgsm"
-    deepfool = "deepfool"
-
-
-assert tuple(m.value for m in Method) == METHODS
 
 
 class AttackInputError(ValueError):
@@ -60,7 +50,12 @@ def _labels_beside(npy: Path, n: int) -> np.ndarray | None:
 
 def _load_npy(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     try:
+        with open(path, "rb") as f:
+            if f.read(6) != b"\x93NUMPY":
+                raise AttackInputError(f"{path} is not a .npy file (no NumPy header)")
         arr = np.load(path, allow_pickle=False)
+    except AttackInputError:
+        raise
     except Exception as exc:  # numpy raises ValueError, OSError, EOFError, ... for broken files
         raise AttackInputError(f"cannot read {path} as a .npy array: {exc}") from None
     if arr.ndim == 3:
@@ -104,7 +99,7 @@ def _load_folder(folder: Path, size: int, limit: int | None) -> tuple[list[np.nd
         try:
             with Image.open(path) as im:
                 im.load()
-                images.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
+                images.append(np.array(im.convert("RGB"), dtype=np.uint8))
         except Exception as exc:  # PIL raises many types for corrupt files
             raise AttackInputError(f"corrupt or unreadable image {path}: {exc}") from None
     return images, None
@@ -133,35 +128,61 @@ def load_inputs(images: Path | None, count: int | None, seed: int, size: int,
     return to_unit_tensor(list(arr), size), labels, str(images)
 
 
+_HELP = {
+    "method": "pgd (L-inf, iterative), fgsm (one step) or deepfool (minimal L2).",
+    "target": "Class id the images should be taken for (14 = Stop).",
+    "eps": "L-inf budget in [0, 1] pixel units (8/255 = 0.0314); not used by deepfool.",
+    "steps": "Iterations (default: pgd 10, deepfool 50; fgsm is one step).",
+    "step": "PGD step size (default 2.5 * eps / steps).",
+    "overshoot": "DeepFool overshoot (>= 0).",
+    "count": f"Images to attack (default {DEFAULT_COUNT} rendered, or all given).",
+    "seed": "Seed (>= 0) of the rendered test set and of PGD's random start.",
+    "out": "Folder for the images, adversarial.npy, labels.json, report.json.",
+    "images": "Folder of PNG/JPEG/PPM images (or a GTSRB layout) or a .npy array, instead of rendering.",
+    "weights": "Model weights (default: the shipped model).",
+    "batch_size": "Images per batch.",
+    "device": "cpu or cuda (default: cpu).",
+    "no_png": "Write only adversarial.npy, labels.json and report.json.",
+    "json": "Print one JSON object instead of the summary.",
+    "quiet": "No progress bars.",
+}
+
+
 @attack_app.callback(invoke_without_command=True)
 def attack(
-    method: Annotated[Method, typer.Option(help="pgd (L-inf, iterative), fgsm (one step) or deepfool (minimal L2).")] = Method.pgd,
-    target: Annotated[int, typer.Option(help="Class id the images should be taken for (14 = Stop).")] = 14,
-    eps: Annotated[float, typer.Option(help="L-inf budget in [0, 1] pixel units (8/255 = 0.0314); not used by deepfool.")] = 8 / 255,
-    steps: Annotated[Optional[int], typer.Option(min=1, help="Iterations (default: pgd 10, deepfool 50; fgsm is one step).")] = None,
-    step: Annotated[Optional[float], typer.Option(help="PGD step size (default 2.5 * eps / steps).")] = None,
-    overshoot: Annotated[float, typer.Option(min=0.0, help="DeepFool overshoot.")] = DEFAULT_OVERSHOOT,
-    count: Annotated[Optional[int], typer.Option("--count", "-n", min=1, help=f"Images to attack (default {DEFAULT_COUNT} rendered, or all given).")] = None,
-    seed: Annotated[int, typer.Option(min=0, help="Seed of the rendered test set and of PGD's random start.")] = 0,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the images, adversarial.npy, labels.json, report.json.")] = Path("attacks"),
-    images: Annotated[Optional[Path], typer.Option(help="Folder of PNG/JPEG/PPM images (or a GTSRB layout) or a .npy array, instead of rendering.")] = None,
-    weights: Annotated[Optional[Path], typer.Option(help="Model weights (default: the shipped model).")] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 64,
-    device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: cpu).")] = None,
-    no_png: Annotated[bool, typer.Option("--no-png", help="Write only adversarial.npy, labels.json and report.json.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the summary.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    method: Annotated[str, typer.Option(help=_HELP["method"])] = "pgd",
+    target: Annotated[int, typer.Option(help=_HELP["target"])] = 14,
+    eps: Annotated[float, typer.Option(help=_HELP["eps"])] = 8 / 255,
+    steps: Annotated[Optional[int], typer.Option(help=_HELP["steps"])] = None,
+    step: Annotated[Optional[float], typer.Option(help=_HELP["step"])] = None,
+    overshoot: Annotated[float, typer.Option(help=_HELP["overshoot"])] = DEFAULT_OVERSHOOT,
+    count: Annotated[Optional[int], typer.Option("--count", "-n", help=_HELP["count"])] = None,
+    seed: Annotated[int, typer.Option(help=_HELP["seed"])] = 0,
+    out: Annotated[Path, typer.Option("--out", "-o", help=_HELP["out"])] = Path("attacks"),
+    images: Annotated[Optional[Path], typer.Option(help=_HELP["images"])] = None,
+    weights: Annotated[Optional[Path], typer.Option(help=_HELP["weights"])] = None,
+    batch_size: Annotated[int, typer.Option(help=_HELP["batch_size"])] = 64,
+    device: Annotated[Optional[str], typer.Option(help=_HELP["device"])] = None,
+    no_png: Annotated[bool, typer.Option("--no-png", help=_HELP["no_png"])] = False,
+    as_json: Annotated[bool, typer.Option("--json", help=_HELP["json"])] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help=_HELP["quiet"])] = False,
 ) -> None:
     """Attack COUNT test images towards TARGET and write the results to OUT."""
-    import torch
-
     from signwatch.attacks.methods import check_eps, run_attack
     from signwatch.attacks.report import AttackReport, save_attack
     from signwatch.model import load_model
 
+    if method not in METHODS:
+        raise _fail(f"--method must be one of {', '.join(METHODS)}; got {method!r}")
+    for name, value, low in (("--steps", steps, 1), ("--count", count, 1), ("--batch-size", batch_size, 1),
+                             ("--seed", seed, 0)):
+        if value is not None and value < low:
+            raise _fail(f"{name} must be at least {low}; got {value}")
+    if not overshoot >= 0:
+        raise _fail(f"--overshoot must be non-negative; got {overshoot}")
     if not 0 <= target <= 42:
         raise _fail(f"--target must be a class id in 0..42; got {target}")
-    if method is not Method.deepfool:
+    if method != "deepfool":
         try:
             check_eps(eps)
         except ValueError as exc:
@@ -172,7 +193,7 @@ def attack(
         raise _fail(f"--out {out} exists and is not a folder")
     try:
         model, spec = load_model(weights, device=device or "cpu")
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (FileNotFoundError, ValueError, RuntimeError, AssertionError) as exc:  # CUDA missing: AssertionError
         raise _fail(f"cannot load the model: {exc}") from None
     if target >= spec.num_classes:
         raise _fail(f"--target must be a class id in 0..{spec.num_classes - 1}; got {target}")
@@ -182,13 +203,12 @@ def attack(
         raise _fail(str(exc)) from None
     dev = next(model.parameters()).device
     clean = clean.to(dev)
-    used_steps = 1 if method is Method.fgsm else (DEFAULT_STEPS[method.value] if steps is None else steps)
-    with torch.random.fork_rng(devices=[]):
-        result = run_attack(method.value, model, spec, clean, target=target, eps=eps, steps=used_steps,
-                            step=step, seed=seed, overshoot=overshoot, batch_size=batch_size,
-                            quantize_result=True, progress=not quiet)
-    report = AttackReport.measure(model, spec, clean, result.adversarial, labels, target, method.value,
-                                  None if method is Method.deepfool else eps, used_steps)
+    used_steps = 1 if method == "fgsm" else (DEFAULT_STEPS[method] if steps is None else steps)
+    result = run_attack(method, model, spec, clean, target=target, eps=eps, steps=used_steps, step=step,
+                        seed=seed, overshoot=overshoot, batch_size=batch_size, quantize_result=True,
+                        progress=not quiet)
+    report = AttackReport.measure(model, spec, clean, result.adversarial, labels, target, method,
+                                  None if method == "deepfool" else eps, used_steps)
     try:
         save_attack(out, clean, result.adversarial, report, images=not no_png, progress=not quiet)
     except OSError as exc:
