@@ -10,7 +10,7 @@ class Spotlight(nn.Module):
     """A model whose class-0 score only looks at the top-left quarter of the image."""
 
     def forward(self, x):
-        s = x[:, :, :8, :8].mean(dim=(1, 2, 3)) * 5
+        s = x[:, :, :8, :8].mean(dim=(1, 2, 3)) * 4 - 2
         return torch.stack([s, -s], dim=1)
 
 
@@ -26,7 +26,8 @@ def test_remove_replaces_exactly_k_percent_with_the_mean_colour():
 def test_an_oracle_map_beats_a_random_one():
     torch.manual_seed(0)
     model = Spotlight()
-    x = torch.rand(8, 3, 16, 16) * 0.5 + 0.5
+    x = torch.rand(8, 3, 16, 16) * 0.1  # dark, with a bright top-left quarter
+    x[:, :, :8, :8] += 0.9
     target = torch.zeros(8, dtype=torch.long)
     oracle = torch.zeros(8, 1, 16, 16)
     oracle[:, :, :8, :8] = x[:, :, :8, :8].mean(1, keepdim=True)
@@ -39,10 +40,11 @@ def test_an_oracle_map_beats_a_random_one():
 
 
 def test_compare_reports_every_method_and_fraction():
-    from torchvision.models import resnet18
-
-    model = resnet18(num_classes=43).eval()
-    table = compare(model, torch.randn(4, 3, 32, 32), batch_size=2)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(8, 5)).eval()
+    table = compare(model, torch.randn(4, 3, 16, 16), batch_size=2)
     assert set(table) == {"fullgrad", "input_x_gradient", "gradcam", "random"}
     for row in table.values():
         assert set(row["least_removed_change"]) == {str(k) for k in FRACTIONS}
