@@ -14,11 +14,13 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
 
 
 def _mount_subapps() -> None:
+    from signwatch.attacks.cli import attack_app
     from signwatch.data.cli import data_app
     from signwatch.stack.cli import stack_app
 
     app.add_typer(stack_app, name="stack", help="Local Kafka, Redis and S3 servers.")
     app.add_typer(data_app, name="data", help="Render the look-alike traffic-sign data set.")
+    app.add_typer(attack_app, name="attack", help="Targeted adversarial images (default: Stop).")
 
 
 class Service(str, Enum):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-art = pytest.importorskip("art")
+import art  # noqa: E402,F401  (a dev dependency: the cross-check always runs)
 
 from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescentPyTorch  # noqa: E402
 from art.estimators.classification import PyTorchClassifier  # noqa: E402
