@@ -19,6 +19,7 @@ from signwatch.data.gtsrb import (
     read_annotations,
 )
 from signwatch.data.render import (
+    RENDER_VERSION,
     SPLITS,
     SyntheticGTSRB,
     example_class,
@@ -35,6 +36,7 @@ __all__ = [
     "CLASS_NAMES",
     "MIRROR_PAIRS",
     "NUM_CLASSES",
+    "RENDER_VERSION",
     "SPLITS",
     "STOP",
     "VARIANTS",

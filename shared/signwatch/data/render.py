@@ -23,6 +23,10 @@ from signwatch.data.classes import NUM_CLASSES, check_class_id
 from signwatch.data.signs import NUM_STYLES, pick_level, sign_template
 from signwatch.data.variants import check_variant
 
+#: Bumped whenever a change to the drawing or the scene changes pixels: put it into the names of
+#: caches of rendered arrays, so that a stale cache is never mistaken for the current data.
+RENDER_VERSION = 1
+
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 SPLIT_CODES: dict[str, int] = {"train": 1, "val": 2, "test": 3}
 MIN_SIZE, MAX_SIZE = 16, 512

@@ -19,7 +19,7 @@ from PIL import Image
 
 from signwatch.data.classes import NUM_CLASSES
 from signwatch.data.gtsrb import CSV_COLUMNS, TEST_CSV
-from signwatch.data.render import _progress, check_seed, check_size, check_split, iter_chunks
+from signwatch.data.render import RENDER_VERSION, _progress, check_seed, check_size, check_split, iter_chunks
 from signwatch.data.variants import check_variant
 
 FRAMES_PER_TRACK = 30
@@ -95,5 +95,8 @@ def write_gtsrb(
         lines = [";".join(CSV_COLUMNS)] + [";".join(str(v) for v in row) for row in entries]  # in index order
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     summary = RenderSummary(str(part), count, split, variant, seed, size, len(rows))
-    (images_dir / MANIFEST).write_text(json.dumps({"generator": "signwatch.data", **asdict(summary)}, indent=2) + "\n")
+    (images_dir / MANIFEST).write_text(
+        json.dumps({"generator": "signwatch.data", "render_version": RENDER_VERSION, **asdict(summary)}, indent=2)
+        + "\n"
+    )
     return summary

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from signwatch.data.render import render_array
+from signwatch.data.render import RENDER_VERSION, render_array
 from signwatch.model.core import ModelSpec, build_model, normalize, save_model
 
 
@@ -55,10 +55,10 @@ CACHE = Path(".cache")
 
 def training_pool(cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
     if cfg.gtsrb_root:
-        from signwatch.data.gtsrb import read_training
+        from signwatch.data.gtsrb import load_gtsrb
 
-        return read_training(Path(cfg.gtsrb_root), size=cfg.input_size)
-    name = f"train-{cfg.input_size}px-seed{cfg.seed}-n{cfg.per_epoch}"
+        return load_gtsrb(Path(cfg.gtsrb_root), size=cfg.input_size, crop=True, part="train", progress=True)
+    name = f"train-r{RENDER_VERSION}-{cfg.input_size}px-seed{cfg.seed}-n{cfg.per_epoch}"
     images_file, labels_file = CACHE / f"{name}.images.npy", CACHE / f"{name}.labels.npy"
     if images_file.exists() and labels_file.exists():
         return np.load(images_file), np.load(labels_file)
@@ -133,7 +133,7 @@ def train(cfg: TrainConfig, out: Path, device: str | None = None) -> dict:
     record = {
         "training": asdict(cfg) | {"device": str(dev), "seconds": round(time.time() - started, 1),
                                    "torch": torch.__version__},
-        "data_seeds": {"train_pool": cfg.seed, "val": cfg.seed,
+        "data_seeds": {"train_pool": cfg.seed, "val": cfg.seed, "render_version": RENDER_VERSION,
                        "splits": "seeds mix with the split name: test images never repeat train ones"},
         "history": history,
     }

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from signwatch.model import load_model, preprocess, save_model
+from signwatch.model.core import ModelSpec, build_model
+from signwatch.model.evaluate import confusion_matrix, evaluate, expected_calibration_error
+from signwatch.model.train import TrainConfig, load_config, train
+
+
+def test_save_and_load_round_trip_through_safetensors(tmp_path):
+    model, spec = build_model(seed=3), ModelSpec(version="t")
+    path = save_model(model, spec, tmp_path / "m.safetensors", half=False)
+    loaded, loaded_spec = load_model(path)
+    x = preprocess([np.full((64, 64, 3), 128, np.uint8)], spec)
+    with torch.no_grad():
+        assert torch.allclose(model(x), loaded(x), atol=1e-6)
+    assert loaded_spec.class_names[14] == "Stop" and loaded_spec.input_size == 64
+
+
+def test_a_tampered_weights_file_is_refused(tmp_path):
+    path = save_model(build_model(seed=1), ModelSpec(), tmp_path / "m.safetensors")
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="sha256"):
+        load_model(path)
+    with pytest.raises(FileNotFoundError):
+        load_model(tmp_path / "missing.safetensors")
+
+
+def test_calibration_and_confusion_figures():
+    conf = np.array([0.9, 0.9, 0.6, 0.6])
+    correct = np.array([1, 1, 0, 1], dtype=float)
+    assert expected_calibration_error(conf, correct) == pytest.approx(0.5 * 0.1 + 0.5 * 0.1)
+    m = confusion_matrix(np.array([0, 1, 1]), np.array([0, 1, 0]), 3)
+    assert m.tolist() == [[1, 0, 0], [1, 1, 0], [0, 0, 0]]
+
+
+def test_training_writes_a_reproducible_manifest_and_evaluation_reports_each_variant(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the training pool cache goes to ./.cache
+    cfg = TrainConfig(epochs=1, per_epoch=86, batch_size=43, input_size=32, val_count=43, workers=1)
+    out = tmp_path / "w.safetensors"
+    record = train(cfg, out, device="cpu")
+    assert record["history"][0]["epoch"] == 1
+    manifest = json.loads(out.with_suffix(".json").read_text())
+    assert manifest["input_size"] == 32 and len(manifest["sha256"]) == 64
+    assert load_config(out.with_suffix(".json")) == cfg
+    model, spec = load_model(out)
+    results = evaluate(model, spec, count=43, seed=5, variants=("clean", "fog"), out_dir=tmp_path, workers=1)
+    assert set(results) == {"clean", "fog"}
+    for r in results.values():
+        assert 0 <= r["accuracy"] <= 1 and 0 < r["mean_confidence"] <= 1 and 0 <= r["ece"] <= 1
+        assert len(r["per_class_accuracy"]) == 43
+        assert (tmp_path / f"confusion-{'clean' if r is results['clean'] else 'fog'}.png").exists()
