@@ -15,7 +15,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -27,6 +26,7 @@ except ImportError:
     sys.path.insert(0, str(ROOT / "shared"))
 
 from signwatch.model import load_model  # noqa: E402
+from timing import timed  # noqa: E402  (benchmarks/timing.py)
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -35,16 +35,6 @@ def cpu_has_fast_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def timed(fn, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,6 +28,7 @@ except ImportError:  # running from a checkout that was not pip-installed
     sys.path.insert(0, str(ROOT / "shared"))
 
 from signwatch.saliency import fullgrad, straightforward_fullgrad  # noqa: E402
+from timing import timed  # noqa: E402  (benchmarks/timing.py)
 
 NUM_CLASSES = 43
 TARGET_SPEEDUP = 10.0
@@ -78,13 +79,7 @@ def interleaved(ours, theirs, device: torch.device, rounds: int, ours_per_round:
     """Median seconds per call of each, measured in alternation so that both see the same load
     (the machine is shared: timing one method after the other measures the neighbours too)."""
     def clock(fn) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - start
+        return timed(fn, device)
 
     clock(ours), clock(ours), clock(theirs)  # warm-up: allocator, kernel selection, lazy imports
     ours_times, theirs_times = [], []

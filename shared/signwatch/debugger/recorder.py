@@ -36,6 +36,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
+from signwatch.saliency.gradients import logits_of
 from signwatch.ports.store import ObjectStore
 
 from .config import DebuggerConfig, sampled
@@ -117,14 +118,6 @@ def _make_plan(model: nn.Module, cfg: DebuggerConfig) -> _Plan:
     )
 
 
-def _logits_of(output: object) -> torch.Tensor:
-    if isinstance(output, (tuple, list)):
-        output = output[0]
-    elif not isinstance(output, torch.Tensor) and hasattr(output, "logits"):
-        output = output.logits
-    if not isinstance(output, torch.Tensor) or output.dim() != 2:
-        raise ValueError(f"model must return (B, num_classes) logits, got {getattr(output, 'shape', type(output))}")
-    return output
 
 
 @dataclass
@@ -297,7 +290,7 @@ class Debugger:
     @staticmethod
     def _plain(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            return _logits_of(model(batch))
+            return logits_of(model(batch))
 
     def _record(self, model: nn.Module, batch: torch.Tensor, cfg: DebuggerConfig,
                 rows: list[int], steps: list[tuple[int, str]]) -> tuple[torch.Tensor, _Job]:
@@ -328,7 +321,7 @@ class Debugger:
             try:
                 for path, module in plan.modules:
                     handles.append(module.register_forward_hook(hook_for(path)))
-                logits = _logits_of(model(x))
+                logits = logits_of(model(x))
             finally:
                 for handle in handles:
                     handle.remove()
