@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from prometheus_client import CollectorRegistry, Histogram
 
 from signwatch.classifier import Classifier, MicroBatcher
@@ -47,6 +48,7 @@ def build_core(settings: Settings, ports: Ports | None = None) -> InferenceCore:
     ports = ports or open_ports(settings)
     ports.bus.ensure_topics([settings.inference_topic], settings.topic_partitions)
     model, spec = load_model(settings.model_path)
+    model = model.to(memory_format=torch.channels_last)  # see Classifier.predict
     registry = CollectorRegistry()
     # Off until switched on at run time through PUT /admin/debugger (services/inference/admin.py).
     debugger = Debugger(store=ports.store, endpoint=settings.endpoint, registry=registry)

@@ -124,7 +124,7 @@ def train(cfg: TrainConfig, out: Path, device: str | None = None) -> dict:
             optimizer.step()
             if scheduler.last_epoch < scheduler.total_steps - 1:
                 scheduler.step()
-            running += float(loss)
+            running += float(loss.detach())
             bar.set_postfix(loss=f"{running / n:.3f}")
         val_acc = float((predict_logits(model, val_x, spec, dev).argmax(1).numpy() == val_y).mean())
         history.append({"epoch": epoch + 1, "loss": round(running / max(1, n), 4), "val_accuracy": round(val_acc, 4)})
