@@ -14,7 +14,6 @@ import base64
 import hashlib
 import json
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 from signwatch.events import InferenceEvent

@@ -7,7 +7,6 @@ shows that, given the same start, ART's targeted PGD and FGSM produce exactly ou
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 import art  # noqa: E402,F401  (a dev dependency: the cross-check always runs)

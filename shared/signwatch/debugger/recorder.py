@@ -33,13 +33,12 @@ import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from safetensors.numpy import save as save_safetensors
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.modules.conv import _ConvNd
 
 from signwatch.saliency.gradients import logits_of
 from signwatch.ports.store import ObjectStore
 
 from .config import DebuggerConfig, sampled
+from .plan import Plan, bias_layer_info, make_plan
 from .layout import (
     FORMAT_VERSION,
     INPUT_NAME,
@@ -59,67 +58,6 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_PENDING_BYTES = 256 * 1024 * 1024
 
 
-def bias_layer_info(model: nn.Module) -> dict[str, dict]:
-    """The FullGrad bias layers of ``model`` by module path: type, kind and (BatchNorm) eps.
-
-    Written into every step's meta so that a trial knows which layers the decomposition needs
-    and how each bias broadcasts, without the model at hand.
-    """
-    info: dict[str, dict] = {}
-    for path, module in model.named_modules():
-        if isinstance(module, _BatchNorm):
-            if module.running_mean is None or module.running_var is None:
-                continue  # no running statistics: no effective bias to attribute
-            info[path] = {"type": type(module).__name__, "kind": "batchnorm", "eps": float(module.eps),
-                          "affine": module.weight is not None}
-        elif isinstance(module, _ConvNd) and module.bias is not None:
-            info[path] = {"type": type(module).__name__, "kind": "conv"}
-        elif isinstance(module, nn.Linear) and module.bias is not None:
-            info[path] = {"type": type(module).__name__, "kind": "linear"}
-    return info
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """What to hook and snapshot for one (model, include regex): computed once, then cached."""
-
-    modules: tuple[tuple[str, nn.Module], ...]  # hooked, in named_modules() order
-    params: tuple[tuple[str, torch.Tensor], ...]  # parameters and buffers whose names match
-    input_value: bool
-    input_gradient: bool
-    any_gradient: bool
-    bias_layers: dict[str, dict]
-    eps: dict[str, float]
-
-
-def _make_plan(model: nn.Module, cfg: DebuggerConfig) -> _Plan:
-    inc = cfg.includes
-    modules, params, any_grad = [], [], False
-    for path, module in model.named_modules():
-        if path:  # the root's output is the logits; its input is "image"
-            names = [output_name(path, 0), output_name(path, 1)]
-            values = any(inc(n) for n in names)
-            grads = any(inc(gradient_name(n)) for n in names)
-            if values or grads:
-                modules.append((path, module))
-                any_grad = any_grad or grads
-        tensors = list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))
-        for local, tensor in tensors:
-            name = f"{path}.{local}" if path else local
-            if tensor is not None and inc(name):
-                params.append((name, tensor))
-    input_gradient = inc(gradient_name(INPUT_NAME))
-    bias_layers = bias_layer_info(model)
-    return _Plan(
-        modules=tuple(modules), params=tuple(params), input_value=inc(INPUT_NAME),
-        input_gradient=input_gradient, any_gradient=any_grad or input_gradient,
-        bias_layers=bias_layers,
-        eps={p: i["eps"] for p, i in bias_layers.items() if "eps" in i},
-    )
-
-
-
-
 @dataclass
 class _Job:
     """One batch's recorded tensors, rows already restricted to the sampled requests."""
@@ -132,7 +70,7 @@ class _Job:
     config: DebuggerConfig
     batch_size: int
     rows: list[int]  # the requests' rows in the served batch
-    plan: _Plan
+    plan: Plan
     time: str
     nbytes: int = field(init=False)
 
@@ -168,7 +106,7 @@ class Debugger:
         self._lock = threading.Lock()  # config, step numbers
         self._next_step: int | None = None
         self._steps_this_config = 0
-        self._plans: weakref.WeakKeyDictionary[nn.Module, dict[str, _Plan]] = weakref.WeakKeyDictionary()
+        self._plans: weakref.WeakKeyDictionary[nn.Module, dict[str, Plan]] = weakref.WeakKeyDictionary()
 
         self._cond = threading.Condition()
         self._jobs: deque[_Job] = deque()
@@ -260,11 +198,11 @@ class Debugger:
 
     # ------------------------------------------------------------------------------- recording
 
-    def _plan(self, model: nn.Module, cfg: DebuggerConfig) -> _Plan:
+    def _plan(self, model: nn.Module, cfg: DebuggerConfig) -> Plan:
         per_model = self._plans.setdefault(model, {})
         plan = per_model.get(cfg.include_regex)
         if plan is None:
-            plan = per_model[cfg.include_regex] = _make_plan(model, cfg)
+            plan = per_model[cfg.include_regex] = make_plan(model, cfg)
         return plan
 
     def forward(self, model: nn.Module, batch: torch.Tensor, request_ids: list[str]) -> torch.Tensor:
