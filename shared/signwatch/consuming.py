@@ -23,6 +23,26 @@ from signwatch.ports.bus import EventBus, Message
 log = logging.getLogger(__name__)
 
 
+# Errors that mean "a server went away": retried until it is back, never dead-lettered.
+# Matched by name so that this module imports none of the client libraries.
+TRANSIENT = {
+    "builtins.ConnectionError", "builtins.TimeoutError",
+    "signwatch.ports.bus.PublishError",
+    "redis.exceptions.ConnectionError", "redis.exceptions.TimeoutError",
+    "kafka.errors.KafkaConnectionError", "kafka.errors.KafkaTimeoutError",
+    "kafka.errors.BrokerNotAvailableError",
+    "botocore.exceptions.ConnectionError", "botocore.exceptions.ReadTimeoutError",
+}
+
+
+def is_transient(exc: BaseException) -> bool:
+    return any(f"{c.__module__}.{c.__qualname__}" in TRANSIENT for c in type(exc).__mro__)
+
+
+class _Stopped(Exception):
+    """Stopping while a server is away: leave the message uncommitted for the next consumer."""
+
+
 _COUNTERS: "weakref.WeakKeyDictionary[CollectorRegistry, Counter]" = weakref.WeakKeyDictionary()
 
 
@@ -99,7 +119,8 @@ class ConsumerLoop:
         return False
 
     def _process(self, message: Message) -> None:
-        for attempt in range(1, self.max_attempts + 1):
+        attempt, delay = 0, self.backoff_s
+        while True:
             try:
                 self.handler.process(message)
                 self.messages.labels(self.group, "processed").inc()
@@ -108,13 +129,17 @@ class ConsumerLoop:
                 self._dead_letter(message, str(exc))
                 return
             except Exception as exc:  # noqa: BLE001
-                if attempt == self.max_attempts or self.stopping.is_set():
-                    self._dead_letter(message, f"failed {attempt} times: {exc}")
-                    return
-                delay = min(self.backoff_s * 2 ** (attempt - 1), self.max_backoff_s)
-                log.warning("%s: processing failed (%s); retry %d in %.1fs",
-                            self.group, exc, attempt, delay)
+                if self.stopping.is_set():
+                    raise _Stopped() from exc
+                if not is_transient(exc):
+                    attempt += 1
+                    if attempt >= self.max_attempts:
+                        self._dead_letter(message, f"failed {attempt} times: {exc}")
+                        return
+                log.warning("%s: processing failed (%s: %s); retrying in %.1fs",
+                            self.group, type(exc).__name__, exc, delay)
                 self.stopping.wait(delay)
+                delay = min(delay * 2, self.max_backoff_s)
 
     def _commit(self, tries: int | None = None) -> None:
         if not self._uncommitted:
@@ -129,7 +154,10 @@ class ConsumerLoop:
             self._consumer = self.bus.consumer(self.topics, self.group)
         messages = self._consumer.poll(timeout_ms=self.poll_timeout_ms)
         for message in messages:
-            self._process(message)
+            try:
+                self._process(message)
+            except _Stopped:
+                return 0  # this message and the rest of the batch stay uncommitted
             self._uncommitted.append(message)
         if self._uncommitted and self.handler.due():
             self._commit()

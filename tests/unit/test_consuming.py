@@ -103,3 +103,45 @@ def test_parse_event_rejects_wrong_schema_as_poison():
 
     with pytest.raises(PoisonMessage):
         parse_event(b'{"schema": "signwatch.violation/v1"}', InferenceEvent)
+
+
+class AlwaysFailing(Recorder):
+    def __init__(self, error):
+        super().__init__()
+        self.error = error
+        self.calls = 0
+
+    def process(self, message):
+        self.calls += 1
+        raise self.error
+
+
+def test_a_bug_is_dead_lettered_after_max_attempts_but_an_outage_never_is(unique):
+    bus = MemoryBus(unique)
+    bus.publish("in", "k", inference_event().to_bytes())
+    buggy = AlwaysFailing(ValueError("bug"))
+    loop = _loop(bus, buggy)
+    loop.run_once()
+    assert buggy.calls == loop.max_attempts
+    assert len(bus.consumer(["in.dlq"], "inspect").poll(timeout_ms=100)) == 1
+
+
+def test_stopping_during_an_outage_leaves_the_message_for_the_next_consumer(unique):
+    import threading
+
+    from tests.conftest import wait_until
+
+    bus = MemoryBus(unique)
+    event = inference_event()
+    bus.publish("in", "k", event.to_bytes())
+    down = AlwaysFailing(ConnectionError("redis is down"))
+    loop = _loop(bus, down)
+    thread = threading.Thread(target=loop.run)
+    thread.start()
+    wait_until(lambda: down.calls > loop.max_attempts, 10, what="retries beyond max_attempts")
+    loop.stop()
+    thread.join(10)
+    assert bus.consumer(["in.dlq"], "inspect").poll(timeout_ms=100) == [], "an outage is not poison"
+    back = Recorder()
+    _loop(bus, back).run_once()
+    assert back.durable == [event.event_id], "the server came back: nothing was lost"
