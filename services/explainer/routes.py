@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, Response
 
 from signwatch.explaining import Explainer
 from signwatch.imaging import ImageError, decode_image
-from signwatch_services.inference.routes import error, read_limited
+from signwatch_services.http import error, read_limited
 
 
 def explain_router(explainer: Explainer, max_body_bytes: int, max_image_side: int) -> APIRouter:

@@ -12,27 +12,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from signwatch.events import InferenceEvent, InferenceOutput, new_id
 from signwatch.imaging import ImageError, decode_image, sniff
 from signwatch.publishing import make_input_payload
+from signwatch_services.http import error, read_limited
 from signwatch_services.inference.admin import admin_router
 
 INFERENCE_ID_HEADERS = ("x-amzn-sagemaker-inference-id", "x-inference-id")
 SNIFFED_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "npy": "application/x-npy"}
-
-
-def error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": {"code": code, "message": message}})
-
-
-async def read_limited(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ImageError(f"body of {declared} bytes exceeds the {limit}-byte limit", 413)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ImageError(f"body exceeds the {limit}-byte limit", 413)
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def create_app(core) -> FastAPI:

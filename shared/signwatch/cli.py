@@ -31,11 +31,33 @@ class Service(str, Enum):
     all = "all"
 
 
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Say what is wrong in one line and exit non-zero: no traceback for a user's mistake."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
 def load_settings(**overrides):
+    from pydantic import ValidationError
+
     from signwatch.config import Settings, with_local_stack
 
-    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    try:
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        raise fail("invalid SIGNWATCH_ settings: " + "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
     return with_local_stack(settings)
+
+
+def open_ports_or_fail(settings):
+    from signwatch.ports import UnsupportedURL
+    from signwatch.runtime import open_ports
+
+    try:
+        return open_ports(settings)
+    except UnsupportedURL as exc:
+        raise fail(str(exc))
 
 
 @app.command()
@@ -49,7 +71,9 @@ def serve(
     from signwatch_services.runner import serve as run
 
     configure_logging()
-    run(service.value, load_settings(host=host, port=port))
+    settings = load_settings(host=host, port=port)
+    open_ports_or_fail(settings).close()  # a bad URL is a one-line error, not a traceback
+    run(service.value, settings)
 
 
 @app.command()
@@ -63,8 +87,16 @@ def demo(
     from signwatch.demo import run_demo
     from signwatch.runtime import configure_logging
 
+    if adversarial <= normal:
+        typer.echo(f"error: --adversarial ({adversarial}) must outnumber --normal ({normal}), or Stop "
+                   "cannot pass the monitor's 50% share threshold", err=True)
+        raise typer.Exit(2)
     configure_logging("WARNING")
-    summary = run_demo(out, normal=normal, adversarial=adversarial, seed=seed)
+    try:
+        summary = run_demo(out, normal=normal, adversarial=adversarial, seed=seed)
+    except TimeoutError as exc:
+        typer.echo(f"error: the demo did not complete: {exc}", err=True)
+        raise typer.Exit(1)
     typer.echo(json.dumps(summary, indent=2))
 
 
@@ -83,14 +115,23 @@ def train(
     from_manifest: Optional[Path] = typer.Option(None, help="repeat the training recorded in a manifest"),
 ) -> None:
     """Train the ResNet18 on freshly rendered signs (or real GTSRB) and write safetensors + manifest."""
+    from signwatch.data.gtsrb import GTSRBFormatError
     from signwatch.model.train import TrainConfig, load_config, train as run_training
 
     if input_size not in (32, 48, 64, 96, 128):
-        raise typer.BadParameter("input size must be one of 32, 48, 64, 96, 128")
-    cfg = load_config(from_manifest) if from_manifest else TrainConfig(
-        epochs=epochs, per_epoch=per_epoch, batch_size=batch_size, lr=lr, input_size=input_size,
-        seed=seed, workers=workers, gtsrb_root=str(gtsrb) if gtsrb else None)
-    record = run_training(cfg, out, device=device)
+        raise fail("input size must be one of 32, 48, 64, 96, 128")
+    if gtsrb is not None and not gtsrb.is_dir():
+        raise fail(f"--gtsrb {gtsrb} is not a folder")
+    try:
+        cfg = load_config(from_manifest) if from_manifest else TrainConfig(
+            epochs=epochs, per_epoch=per_epoch, batch_size=batch_size, lr=lr, input_size=input_size,
+            seed=seed, workers=workers, gtsrb_root=str(gtsrb) if gtsrb else None)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise fail(f"cannot read the training config from {from_manifest}: {exc}")
+    try:
+        record = run_training(cfg, out, device=device)
+    except GTSRBFormatError as exc:
+        raise fail(f"not a usable GTSRB copy: {exc}", 1)
     typer.echo(json.dumps({"weights": str(out), "history": record["history"]}, indent=2))
 
 
@@ -176,17 +217,23 @@ def monitor_batch(
     output: str = typer.Option("monitoring/constraint_violations.json",
                                help="store key of the violations report"),
 ) -> None:
-    """The scheduled job: check captured files and write constraint_violations.json."""
+    """The scheduled job: check captured files and write constraint_violations.json.
+
+    Exit status: 0 no violation, 2 violations found (so a scheduler can alert), 1 nothing to check.
+    """
     from signwatch.model import ModelSpec
     from signwatch.monitoring import Rules, run_batch
-    from signwatch.runtime import open_ports
+    from signwatch.ports.store import check_key
 
+    try:
+        check_key(output)
+    except ValueError as exc:
+        raise fail(str(exc))
     settings = load_settings()
-    ports = open_ports(settings)
+    ports = open_ports_or_fail(settings)
     keys = [k for k in ports.store.list(prefix) if k.endswith(".jsonl")]
     if not keys:
-        typer.echo(f"no capture files under {prefix!r}", err=True)
-        raise typer.Exit(1)
+        raise fail(f"no capture files under {prefix!r}", 1)
     report = run_batch([ports.store.get(k) for k in keys], Rules.from_settings(settings),
                        ModelSpec().class_names)
     uri = ports.store.put(output, json.dumps({"violations": report["violations"]}, indent=2).encode(),

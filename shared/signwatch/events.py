@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timezone
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -134,11 +134,6 @@ class ExplanationEvent(_Event):
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json(by_alias=True).encode()
-
-
-AnyEvent = Annotated[
-    InferenceEvent | ViolationEvent | ExplanationEvent, Field(discriminator="schema_")
-]
 
 
 class PoisonMessage(ValueError):

@@ -98,18 +98,19 @@ class Explainer:
             raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
         size = self.spec.input_size
         batch = preprocess(images, self.spec)
-        with torch.no_grad():
-            probs = torch.softmax(self.model(batch), 1)
-        predicted = probs.argmax(1)
-        tgt = predicted if target is None else torch.full_like(predicted, target)
         errors: list[float | None] = [None] * len(images)
         if method == "fullgrad":
-            result = fullgrad(self.model, batch, tgt)
+            # FullGrad's own forward gives the logits: no second pass for the probabilities.
+            result = fullgrad(self.model, batch, target)
+            logits, tgt = result.logits.detach(), result.target
             maps, errors = result.maps, [float(e) for e in result.completeness_rel_error]
-        elif method == "input_x_gradient":
-            maps = input_x_gradient(self.model, batch, tgt)
         else:
-            maps = gradcam(self.model, batch, tgt)
+            with torch.no_grad():
+                logits = self.model(batch)
+            tgt = logits.argmax(1) if target is None else torch.full((len(images),), target)
+            maps = (input_x_gradient if method == "input_x_gradient" else gradcam)(self.model, batch, tgt)
+        probs = torch.softmax(logits, 1)
+        predicted = probs.argmax(1)
         mask = sign_mask(size)
         out = []
         for i, image in enumerate(images):
@@ -149,13 +150,14 @@ class Explainer:
             except (ImageError, ValueError, KeyError) as exc:
                 skipped.append({"event_id": sample.event_id, "reason": str(exc)})
         written, rows = [], []
-        for sample, result in zip(samples, self.explain_images(images, originals) if images else []):
+        results = self.explain_images(images, originals) if images else []
+        for sample, original, result in zip(samples, originals, results):
             key = f"{base}/{sample.event_id}.png"
             self.store.put(key, _png(result.panel), "image/png")
             written.append(key)
             row = {k: v for k, v in asdict(result).items() if k != "panel"}
             rows.append(row | {"event_id": sample.event_id, "key": key,
-                               "original_known": originals[samples.index(sample)] is not None})
+                               "original_known": original is not None})
         report_key, index_key = f"{base}/report.json", f"{base}/index.html"
         report = {
             "violation_id": violation.violation_id, "endpoint": violation.endpoint,

@@ -34,6 +34,7 @@ from tests.conftest import PROJECT, wait_until
 pytestmark = pytest.mark.stack
 STOP = 14
 SAMPLING = 50.0
+ADMIN_TOKEN = "e2e-" + __import__("secrets").token_hex(8)
 
 
 def _free_port() -> int:
@@ -60,6 +61,7 @@ def service(stack, run_id, tmp_path_factory):
         "SIGNWATCH_EXPLANATIONS_TOPIC": f"e2e-{run_id}.explanations",
         "SIGNWATCH_CAPTURE_SAMPLING_PERCENTAGE": str(SAMPLING),
         "SIGNWATCH_CAPTURE_FLUSH_SECONDS": "1",
+        "SIGNWATCH_ADMIN_TOKEN": ADMIN_TOKEN,
     }
     log = (tmp_path_factory.mktemp("e2e") / "serve-all.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "signwatch.cli", "serve", "all"], env=env,
@@ -224,3 +226,59 @@ def test_explain_endpoint_and_metrics_on_the_running_service(service):
     metrics = httpx.get(f"{service['base']}/metrics", timeout=10).text
     assert 'signwatch_events_total{outcome="failed"} 0.0' in metrics
     assert "signwatch_consumer_messages_total" in metrics
+
+
+def test_debugger_switched_on_over_http_records_to_s3_and_a_trial_reads_it(service, stack, monkeypatch):
+    from signwatch.debugger import create_trial, fullgrad_result_from_trial
+
+    admin = f"{service['base']}/admin/debugger"
+    body = {"enabled": True, "include_regex": ".*bn|.*bias|.*downsample|.*ResNet_input|.*image|fc",
+            "sample_rate": 1.0}
+    assert httpx.put(admin, json=body, timeout=10).status_code == 401
+    assert httpx.put(admin, json=body, headers={"Authorization": "Bearer wrong"}, timeout=10).status_code == 401
+    r = httpx.put(admin, json=body, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10)
+    assert r.status_code == 200, r.text
+    images = render_batch([14, 25], seed=91, size=64)
+    answers = [_post(service["base"], encode_png(img)).json() for img in images]
+    off = {"enabled": False}
+    assert httpx.put(admin, json=off, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10).status_code == 200
+
+    s3 = stack["s3"]
+    monkeypatch.setenv("SIGNWATCH_S3_ACCESS_KEY", s3["access_key"])
+    monkeypatch.setenv("SIGNWATCH_S3_SECRET_KEY", s3["secret_key"])
+    uri = f"s3://{s3['bucket']}/tensors/{service['endpoint']}?endpoint={s3['endpoint']}"
+    def recorded():
+        trial = create_trial(uri)
+        return trial if len(trial.steps()) >= 2 else None
+
+    trial = wait_until(recorded, 30, interval_s=0.3, what="two recorded steps in S3")
+    step = trial.steps()[-1]
+    names = trial.tensor_names(step=step)
+    assert {"image", "gradient/image", "layer1.0.bn1_output", "gradient/layer1.0.bn1_output",
+            "layer1.0.bn1.running_mean"} <= set(names)
+    result = fullgrad_result_from_trial(trial, step)
+    assert result.map.shape == (1, 1, 64, 64)
+    assert result.completeness_rel_error < 1e-3
+    assert result.target in {a["predictions"][0]["class_id"] for a in answers}
+
+
+def test_batch_monitoring_job_over_the_captured_files_in_s3(service, stack, run_id):
+    """The reference's scheduled job, on the records the loop captured in S3."""
+    key = f"monitoring/e2e-{run_id}/constraint_violations.json"
+    s3conf = stack["s3"]
+    s3 = boto3.client("s3", endpoint_url=s3conf["endpoint"], aws_access_key_id=s3conf["access_key"],
+                      aws_secret_access_key=s3conf["secret_key"], region_name="us-east-1")
+    for img in render_batch(list(range(10)), seed=5, size=64):
+        assert _post(service["base"], encode_png(img)).status_code == 200
+    wait_until(lambda: s3.list_objects_v2(Bucket=s3conf["bucket"],
+                                          Prefix=f"datacapture/{service['endpoint']}/").get("KeyCount"),
+               30, interval_s=0.3, what="captured files")
+    done = subprocess.run([sys.executable, "-m", "signwatch.cli", "monitor", "batch",
+                           "--prefix", f"datacapture/{service['endpoint']}/", "--output", key],
+                          env=service["env"], cwd=PROJECT, capture_output=True, text=True, timeout=120)
+    assert done.returncode in (0, 2), done.stderr
+    report = json.loads(done.stdout)
+    assert report["total"] > 0 and report["unreadable"] == 0
+    stored = json.loads(s3.get_object(Bucket=s3conf["bucket"], Key=key)["Body"].read())
+    assert stored == {"violations": report["violations"]}
+    assert (done.returncode == 2) == bool(report["violations"])
