@@ -19,6 +19,7 @@ is 7 minutes (64 px) to 23 minutes (128 px) on two CPU cores. Figures in docs/at
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -57,8 +58,11 @@ def predict(model: torch.nn.Module, spec: ModelSpec, x: torch.Tensor) -> np.ndar
 
 
 def success_on_correct(model, spec, x, labels, eps: float, steps: int) -> tuple[float, int]:
-    """PGD success among the images the model got right whose true class is not already Stop."""
+    """PGD success among the images the model got right whose true class is not already Stop
+    (0.0 of 0 when it got none right: an untrained model)."""
     ok = (predict(model, spec, x) == labels) & (labels != STOP)
+    if not ok.any():
+        return 0.0, 0
     result = pgd(model, spec, x, target=STOP, eps=eps, steps=steps, quantize_result=True)
     return float(result.success.numpy()[ok].mean()), int(ok.sum())
 
@@ -76,23 +80,31 @@ def curve(args) -> dict:
     return {"model": spec.version, "steps": args.steps, "count": args.count, "seed": args.seed, "rows": rows}
 
 
-def pristine_camera(rng: np.random.Generator, n: int) -> scene.Camera:
-    """The camera the renderer would sample, with every effect switched off (same rng draws)."""
-    cam = scene.sample_camera.__wrapped__(rng, n)
-    return dataclasses.replace(cam, lowres=1.0, blur=0.0, motion=(0.0, 0.0), noise=0.0, jpeg=0)
+@contextlib.contextmanager
+def camera_effects_off():
+    """Renders inside this block skip every camera effect (low resolution, blur, motion, noise,
+    JPEG) while drawing the same random numbers. The render workers fork from this process, so
+    they inherit the patch; the training-pool cache is not used here, so nothing stale is saved."""
+    sample = scene.sample_camera
+
+    def pristine(rng: np.random.Generator, n: int) -> scene.Camera:
+        return dataclasses.replace(sample(rng, n), lowres=1.0, blur=0.0, motion=(0.0, 0.0), noise=0.0, jpeg=0)
+
+    scene.sample_camera = pristine
+    try:
+        yield
+    finally:
+        scene.sample_camera = sample
 
 
 def lever(args) -> dict:
     torch.manual_seed(0)
     spec = ModelSpec(input_size=args.size)
-    if args.camera == "pristine":
-        # The render workers fork from this process, so they inherit the patched function.
-        pristine_camera.__wrapped__ = scene.sample_camera
-        scene.sample_camera = pristine_camera
-    images, labels = render.render_array(args.pool, seed=123, split="train", size=args.size, workers=2,
-                                         progress=not args.json)
-    if args.camera == "pristine":
-        scene.sample_camera = pristine_camera.__wrapped__
+    with camera_effects_off() if args.camera == "pristine" else contextlib.nullcontext():
+        images, labels = render.render_array(args.pool, seed=123, split="train", size=args.size, workers=2,
+                                             progress=not args.json)
+    # The project's recipe (signwatch.model.train), inlined: train() would cache a pristine pool
+    # under the name of the normal one.
     model = build_model(spec.num_classes, seed=0).train()
     steps = math.ceil(args.pool / 128) * args.epochs
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=5e-4)
@@ -142,8 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     for p in (c, lv):
         p.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
-    if min([args.count, getattr(args, "pool", 1), getattr(args, "epochs", 1), getattr(args, "size", 1)]) < 1:
-        parser.error("counts, pool, epochs and size must be positive")
+    if min([args.count, getattr(args, "pool", 1), getattr(args, "epochs", 1)]) < 1:
+        parser.error("--count, --pool and --epochs must be at least 1")
+    if not 32 <= getattr(args, "size", 64) <= 512:
+        parser.error("--size must be between 32 and 512 pixels")
+    if args.command == "curve" and not all(1 <= e <= 255 for e in args.eps):
+        parser.error("--eps takes budgets in grey levels, whole numbers from 1 to 255")
     torch.set_num_threads(2)
     result = curve(args) if args.command == "curve" else lever(args)
     if args.json:
