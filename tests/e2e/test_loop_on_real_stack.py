@@ -24,7 +24,7 @@ from kafka import KafkaConsumer
 from signwatch.attacks import targeted_pgd
 from signwatch.capture import should_sample
 from signwatch.data import render_batch
-from signwatch.demo import DEMO_EPS, DEMO_STEPS
+from signwatch_services.demo import DEMO_EPS, DEMO_STEPS
 from signwatch.imaging import encode_png
 from signwatch.model import load_model
 from signwatch.model.core import to_unit_tensor
@@ -64,7 +64,7 @@ def service(stack, run_id, tmp_path_factory):
         "SIGNWATCH_ADMIN_TOKEN": ADMIN_TOKEN,
     }
     log = (tmp_path_factory.mktemp("e2e") / "serve-all.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "signwatch.cli", "serve", "all"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "signwatch_services.cli", "serve", "all"], env=env,
                             cwd=PROJECT, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
 
@@ -273,7 +273,7 @@ def test_batch_monitoring_job_over_the_captured_files_in_s3(service, stack, run_
     wait_until(lambda: s3.list_objects_v2(Bucket=s3conf["bucket"],
                                           Prefix=f"datacapture/{service['endpoint']}/").get("KeyCount"),
                30, interval_s=0.3, what="captured files")
-    done = subprocess.run([sys.executable, "-m", "signwatch.cli", "monitor", "batch",
+    done = subprocess.run([sys.executable, "-m", "signwatch_services.cli", "monitor", "batch",
                            "--prefix", f"datacapture/{service['endpoint']}/", "--output", key],
                           env=service["env"], cwd=PROJECT, capture_output=True, text=True, timeout=120)
     assert done.returncode in (0, 2), done.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from signwatch.cli import app
+from signwatch_services.cli import app
 
 
 @pytest.mark.parametrize("args, code, words", [

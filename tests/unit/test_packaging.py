@@ -20,3 +20,18 @@ def test_every_package_is_listed():
             found.add(".".join([name, *rel.parts]))
     assert found - listed == set(), "add these to [tool.setuptools] packages"
     assert listed - found == set(), "these are listed but do not exist"
+
+
+def test_library_never_imports_the_services():
+    """The library (shared/signwatch) sits below the services: the command line and the demo
+    compose both from above, so the import graph runs one way only."""
+    import ast
+
+    offenders = []
+    for path in (ROOT / "shared" / "signwatch").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.relative_to(ROOT)}:{node.lineno} {n}"
+                          for n in names if n.split(".")[0] in ("signwatch_services", "services")]
+    assert offenders == []

@@ -1,4 +1,7 @@
-"""The ``signwatch`` command line: serve the services, run the demo, manage the local stack."""
+"""The ``signwatch`` command line: serve the services, run the demo, manage the local stack.
+
+It lives above both the library (``signwatch``) and the services (``signwatch_services``), as
+does the demo: the library never imports the services, so the import graph runs one way only."""
 
 from __future__ import annotations
 
@@ -84,7 +87,7 @@ def demo(
     seed: int = typer.Option(0, help="seed for rendering and attacks"),
 ) -> None:
     """The whole loop embedded in one process: serve, capture, monitor, attack, explain."""
-    from signwatch.demo import run_demo
+    from signwatch_services.demo import run_demo
     from signwatch.runtime import configure_logging
 
     if adversarial <= normal:
