@@ -40,3 +40,29 @@ def stack():
     if down:
         pytest.fail(f"the local stack is not running ({', '.join(down)} down): run `signwatch stack up`")
     return data
+
+
+@pytest.fixture(scope="session")
+def private_stack(tmp_path_factory):
+    """A second Kafka, Redis and S3 of this test session's own, on other ports, for the tests that
+    stop, hang (SIGSTOP) or restart a server: the shared stack stays untouched for every other test.
+
+    Yields ``(root, StackConfig)``; ``signwatch.stack.status(root)`` gives its endpoints and pids,
+    ``up(root, config)`` brings back what a test stopped. Stopped at the end of the session.
+    """
+    import shutil
+
+    from signwatch.stack import down, up
+    from signwatch.stack.paths import StackConfig, StackPaths
+
+    root = tmp_path_factory.mktemp("private-stack")
+    shared_libs = StackPaths.of(PROJECT).kafka_libs
+    if shared_libs.is_dir():  # reuse the jars `make test` fetched instead of asking Maven again
+        StackPaths.of(root).kafka.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(shared_libs, StackPaths.of(root).kafka_libs, symlinks=True)
+    config = StackConfig(kafka_port=19092, kafka_controller_port=19093, redis_port=16379, s3_port=18333)
+    up(root, config, echo=lambda *_: None)
+    try:
+        yield root, config
+    finally:
+        down(root, echo=lambda *_: None)
