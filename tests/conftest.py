@@ -60,7 +60,12 @@ def private_stack(tmp_path_factory):
     if shared_libs.is_dir():  # reuse the jars `make test` fetched instead of asking Maven again
         StackPaths.of(root).kafka.mkdir(parents=True, exist_ok=True)
         shutil.copytree(shared_libs, StackPaths.of(root).kafka_libs, symlinks=True)
-    config = StackConfig(kafka_port=19092, kafka_controller_port=19093, redis_port=16379, s3_port=18333)
+    # SeaweedFS's gRPC listeners are HTTP + 10000, so the shared stack already holds 18333, 19333,
+    # 19340 and 18888: the private S3 and its companions sit elsewhere (all below the ephemeral range)
+    config = StackConfig(
+        kafka_port=19092, kafka_controller_port=19093, redis_port=16379, s3_port=18433,
+        seaweed_master_port=19433, seaweed_volume_port=19440, seaweed_filer_port=18988, seaweed_admin_port=21646,
+    )
     up(root, config, echo=lambda *_: None)
     try:
         yield root, config

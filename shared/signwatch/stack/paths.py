@@ -123,6 +123,12 @@ class StackConfig(BaseModel):
     kafka_controller_port: int = Field(9093, gt=0, lt=65536)
     redis_port: int = Field(6379, gt=0, lt=65536)
     s3_port: int = Field(8333, gt=0, lt=65536)
+    # SeaweedFS `weed mini` listens on these too (each also + 10000 for gRPC); a second stack beside
+    # the first (the tests' private stack) needs its own
+    seaweed_master_port: int = Field(9333, gt=0, lt=55536)
+    seaweed_volume_port: int = Field(9340, gt=0, lt=55536)
+    seaweed_filer_port: int = Field(8888, gt=0, lt=55536)
+    seaweed_admin_port: int = Field(23646, gt=0, lt=55536)
     bucket: str = "signwatch"
 
     @classmethod
@@ -132,6 +138,10 @@ class StackConfig(BaseModel):
             "kafka_controller_port": _env_port("SIGNWATCH_STACK_KAFKA_CONTROLLER_PORT", 9093),
             "redis_port": _env_port("SIGNWATCH_STACK_REDIS_PORT", 6379),
             "s3_port": _env_port("SIGNWATCH_STACK_S3_PORT", 8333),
+            "seaweed_master_port": _env_port("SIGNWATCH_STACK_SEAWEED_MASTER_PORT", 9333),
+            "seaweed_volume_port": _env_port("SIGNWATCH_STACK_SEAWEED_VOLUME_PORT", 9340),
+            "seaweed_filer_port": _env_port("SIGNWATCH_STACK_SEAWEED_FILER_PORT", 8888),
+            "seaweed_admin_port": _env_port("SIGNWATCH_STACK_SEAWEED_ADMIN_PORT", 23646),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

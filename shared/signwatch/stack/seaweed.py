@@ -23,8 +23,16 @@ from .paths import StackConfig, StackPaths
 
 SERVICE = "seaweed"
 IDENTITY = "signwatch"
-# weed mini's other listeners (HTTP and gRPC = HTTP + 10000); checked before start for a clear error
-MASTER_PORT, VOLUME_PORT, FILER_PORT, ADMIN_PORT = 9333, 9340, 8888, 23646
+# weed mini's other listeners (HTTP and gRPC = HTTP + 10000) come from StackConfig.seaweed_*_port;
+# checked before start for a clear error
+GRPC_OFFSET = 10000
+
+
+def extra_ports(config: StackConfig) -> dict[str, int]:
+    return {
+        "master": config.seaweed_master_port, "volume": config.seaweed_volume_port,
+        "filer": config.seaweed_filer_port, "admin": config.seaweed_admin_port,
+    }
 
 
 class S3Credentials(BaseModel):
@@ -96,13 +104,14 @@ def _write_identities(paths: StackPaths, creds: S3Credentials) -> None:
 
 
 def check_ports(config: StackConfig) -> None:
-    ports = [config.s3_port, config.s3_port + 10000]
-    for port in (MASTER_PORT, VOLUME_PORT, FILER_PORT, ADMIN_PORT):
-        ports += [port, port + 10000]
+    ports = [config.s3_port, config.s3_port + GRPC_OFFSET]
+    for port in extra_ports(config).values():
+        ports += [port, port + GRPC_OFFSET]
+    others = ", ".join(f"{name} {port}" for name, port in extra_ports(config).items())
     process.require_free_ports(
         "s3 (seaweedfs)", config.host, ports,
-        "choose another S3 port with --s3-port (SIGNWATCH_STACK_S3_PORT); the other SeaweedFS ports are "
-        f"fixed: {MASTER_PORT}, {VOLUME_PORT}, {FILER_PORT}, {ADMIN_PORT} and each + 10000",
+        "choose another S3 port with --s3-port (SIGNWATCH_STACK_S3_PORT); the other SeaweedFS ports "
+        f"({others}, each also + {GRPC_OFFSET}) come from SIGNWATCH_STACK_SEAWEED_{{MASTER,VOLUME,FILER,ADMIN}}_PORT",
     )
 
 
@@ -118,11 +127,16 @@ def start(paths: StackPaths, config: StackConfig) -> process.ProcessRecord:
     common = [
         f"-ip={config.host}", f"-ip.bind={config.host}",
         "-s3", f"-s3.port={config.s3_port}", f"-s3.config={paths.seaweed_identities}",
+        f"-s3.port.grpc={config.s3_port + GRPC_OFFSET}",
     ]
+    for name, port in extra_ports(config).items():
+        if name != "admin":  # `weed server` has no admin listener
+            common += [f"-{name}.port={port}", f"-{name}.port.grpc={port + GRPC_OFFSET}"]
     if has_mini(weed):
         argv = [
             weed, "mini", f"-dir={paths.seaweed_data}", *common, f"-bucket={config.bucket}",
             "-webdav=false", "-admin.ui=false", "-master.telemetry=false",
+            f"-admin.port={config.seaweed_admin_port}", f"-admin.port.grpc={config.seaweed_admin_port + GRPC_OFFSET}",
             "-s3.port.iceberg=0", "-s3.port.lance=0",
         ]
     else:  # older weed: master + volume + filer + s3 the long way
