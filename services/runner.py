@@ -2,11 +2,20 @@
 
 The inference service (or ``all``) serves its API with uvicorn; a worker service runs its
 consumer loop in a thread and serves health, metrics (and, for the explainer, ``POST /explain``)
-on its own port. uvicorn owns the signals: on SIGTERM the HTTP server stops first, then the
-consumer loops flush and commit.
+on its own port.
+
+On SIGTERM (Kubernetes' stop) the shutdown runs in this order, so that nothing is lost or
+processed twice: the consumer loops stop taking messages, make what they processed durable and
+commit it (the rest stays uncommitted for the next consumer); then uvicorn stops accepting
+connections and finishes the requests in flight; then the producer flushes every event those
+requests submitted (inference's lifespan); then the ports close. The pod's
+``terminationGracePeriodSeconds`` (deploy/k8s) covers ``SHUTDOWN_GRACE_S`` plus the flush.
 """
 
 from __future__ import annotations
+
+import logging
+import threading
 
 import uvicorn
 from prometheus_client import CollectorRegistry
@@ -15,6 +24,35 @@ from signwatch.config import Settings
 from signwatch.runtime import open_ports
 
 SERVICES = ("inference", "capture", "monitor", "explainer", "all")
+SHUTDOWN_GRACE_S = 60  # the longest a consumer loop may take to finish its message and commit
+log = logging.getLogger(__name__)
+
+
+class _ConsumersFirstServer(uvicorn.Server):
+    """uvicorn, but a stop signal first stops the consumer loops, then the HTTP server."""
+
+    def __init__(self, config: uvicorn.Config, loops: list, threads: list[threading.Thread]) -> None:
+        super().__init__(config)
+        self.loops, self.threads = loops, threads
+        self._stopping = False
+
+    def handle_exit(self, sig, frame) -> None:
+        if self._stopping:  # a second signal: uvicorn's forced exit
+            return super().handle_exit(sig, frame)
+        self._stopping = True
+        # Joined in a thread: the event loop keeps answering the requests in flight meanwhile.
+        threading.Thread(target=self._stop_consumers_then_http, args=(sig, frame),
+                         name="graceful-shutdown", daemon=True).start()
+
+    def _stop_consumers_then_http(self, sig, frame) -> None:
+        for loop in self.loops:
+            loop.stop()
+        for t in self.threads:
+            t.join(SHUTDOWN_GRACE_S)
+            if t.is_alive():
+                log.error("%s did not stop within %ss", t.name, SHUTDOWN_GRACE_S)
+        log.info("consumers stopped and committed; stopping HTTP")
+        super().handle_exit(sig, frame)
 
 
 def serve(service: str, settings: Settings) -> None:
@@ -60,7 +98,8 @@ def serve(service: str, settings: Settings) -> None:
             app = worker_app(f"signwatch {service}", threads, ports, registry, routers)
             port = {"capture": settings.capture_port, "monitor": settings.monitor_port,
                     "explainer": settings.explainer_port}[service]
-        uvicorn.run(app, host=settings.host, port=port, log_level="info")
+        config = uvicorn.Config(app, host=settings.host, port=port, log_level="info")
+        _ConsumersFirstServer(config, loops, threads).run()
     finally:
         for loop in loops:
             loop.stop()

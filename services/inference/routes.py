@@ -6,12 +6,12 @@ import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi.responses import JSONResponse
 
 from signwatch.events import InferenceEvent, InferenceOutput, new_id
 from signwatch.imaging import ImageError, decode_image, sniff
 from signwatch.publishing import make_input_payload
+from signwatch_services.health import health_router
 from signwatch_services.http import error, read_limited
 from signwatch_services.inference.admin import admin_router
 
@@ -76,19 +76,7 @@ def create_app(core) -> FastAPI:
         ready = _readiness(core)
         return JSONResponse(status_code=200 if all(ready.values()) else 503, content={"status": ready})
 
-    @app.get("/health/live")
-    async def live() -> dict:
-        return {"status": "alive"}
-
-    @app.get("/health/ready")
-    async def ready() -> JSONResponse:
-        checks = _readiness(core)
-        return JSONResponse(status_code=200 if all(checks.values()) else 503,
-                            content={"ready": all(checks.values()), "checks": checks})
-
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        return Response(generate_latest(core.registry), media_type=CONTENT_TYPE_LATEST)
+    app.include_router(health_router(lambda: True, lambda: _readiness(core), core.registry))
 
     return app
 

@@ -15,7 +15,7 @@ import time
 import weakref
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from signwatch.events import PoisonMessage
 from signwatch.ports.bus import EventBus, Message
@@ -44,6 +44,7 @@ class _Stopped(Exception):
 
 
 _COUNTERS: "weakref.WeakKeyDictionary[CollectorRegistry, Counter]" = weakref.WeakKeyDictionary()
+_LAGS: "weakref.WeakKeyDictionary[CollectorRegistry, Gauge]" = weakref.WeakKeyDictionary()
 
 
 def _messages_counter(registry: CollectorRegistry) -> Counter:
@@ -52,6 +53,14 @@ def _messages_counter(registry: CollectorRegistry) -> Counter:
         _COUNTERS[registry] = Counter("signwatch_consumer_messages_total", "Messages by outcome",
                                       ["group", "outcome"], registry=registry)
     return _COUNTERS[registry]
+
+
+def _lag_gauge(registry: CollectorRegistry) -> Gauge:
+    if registry not in _LAGS:
+        _LAGS[registry] = Gauge("signwatch_consumer_lag_messages",
+                                "Messages behind the end of the partitions this consumer holds",
+                                ["group"], registry=registry)
+    return _LAGS[registry]
 
 
 class Handler(Protocol):
@@ -89,7 +98,9 @@ class ConsumerLoop:
         self.stopping = threading.Event()
         self._consumer = None
         self._uncommitted: list[Message] = []
-        self.messages = _messages_counter(registry or CollectorRegistry())
+        registry = registry or CollectorRegistry()
+        self.messages = _messages_counter(registry)
+        self.lag = _lag_gauge(registry).labels(group)
         self.processed = 0
 
     def _dead_letter(self, message: Message, reason: str) -> None:
@@ -154,6 +165,8 @@ class ConsumerLoop:
             self._consumer = self.bus.consumer(self.topics, self.group)
         messages = self._consumer.poll(timeout_ms=self.poll_timeout_ms)
         for message in messages:
+            if self.stopping.is_set():
+                break  # stopping: the rest of the batch stays uncommitted for the next consumer
             try:
                 self._process(message)
             except _Stopped:
@@ -161,6 +174,10 @@ class ConsumerLoop:
             self._uncommitted.append(message)
         if self._uncommitted and self.handler.due():
             self._commit()
+        lag = getattr(self._consumer, "lag", None)  # adapters that know it (Kafka)
+        behind = lag() if lag is not None else None
+        if behind is not None:
+            self.lag.set(behind)
         self.processed += len(messages)
         return len(messages)
 

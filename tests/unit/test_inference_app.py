@@ -76,7 +76,7 @@ def test_bad_requests_get_a_json_4xx_and_publish_nothing(app_and_ports, body, ct
 
 def test_health_and_metrics(app_and_ports):
     client, ports, core = app_and_ports
-    assert client.get("/health/live").json() == {"status": "alive"}
+    assert client.get("/health/live").json() == {"alive": True}
     ready = client.get("/health/ready")
     assert ready.status_code == 200 and ready.json()["ready"] is True
     assert client.get("/ping").status_code == 200

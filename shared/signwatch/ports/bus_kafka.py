@@ -53,6 +53,23 @@ class KafkaConsumerAdapter:
         }
         self._consumer.commit(offsets=offsets)
 
+    def lag(self) -> int | None:
+        """Messages behind the end of the assigned partitions, from the last fetch's high
+        watermarks (no extra round trip); None before the first fetch."""
+        total, known = 0, False
+        for tp in self._consumer.assignment():
+            high = self._consumer.highwater(tp)
+            if high is None:
+                continue
+            try:
+                position = self._consumer.position(tp, timeout_ms=0)
+            except Exception:  # noqa: BLE001 - not known yet (a rebalance): skip this partition
+                continue
+            if position is None:
+                continue
+            total, known = total + max(0, high - position), True
+        return total if known else None
+
     def close(self) -> None:
         self._consumer.close(autocommit=False)
 

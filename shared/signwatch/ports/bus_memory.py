@@ -74,6 +74,11 @@ class MemoryConsumer:
                     break
             return out
 
+    def lag(self) -> int:
+        with self._broker.lock:
+            return sum(max(0, len(log) - self._position.get((t, p), 0))
+                       for t in self._topics for p, log in enumerate(self._broker.topics.get(t, [])))
+
     def commit(self, messages: list[Message]) -> None:
         with self._broker.lock:
             committed = self._broker.committed[self._group]
