@@ -12,6 +12,8 @@ from functools import cached_property
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .layout import smdebug_name
+
 __all__ = ["DEFAULT_INCLUDE_REGEX", "MAX_REGEX_LENGTH", "DebuggerConfig", "sampled"]
 
 # The reference's hook configuration: BatchNorm, biases, downsampling, the model input.
@@ -25,9 +27,10 @@ class DebuggerConfig(BaseModel):
     enabled: bool = False
     include_regex: str = Field(
         DEFAULT_INCLUDE_REGEX, min_length=1, max_length=MAX_REGEX_LENGTH,
-        description="tensor names to record: a name is recorded when the regex matches anywhere in "
-                    "it (re.search), as smdebug does; names look like 'layer1.0.bn1_output', "
-                    "'gradient/layer1.0.bn1_output', 'layer1.0.bn1.running_mean', 'image'",
+        description="tensor names to record: a tensor is recorded when the regex matches anywhere "
+                    "(re.search, as smdebug does) in its name or in its smdebug name; names look like "
+                    "'layer1.0.bn1_output', 'gradient/layer1.0.bn1_output', 'layer1.0.bn1.running_mean', "
+                    "'image', smdebug's like 'layer1.0.bn1_output_0', 'ResNet_bn1.bias', 'ResNet_input_0'",
     )
     sample_rate: float = Field(
         1.0, ge=0.0, le=1.0,
@@ -51,8 +54,12 @@ class DebuggerConfig(BaseModel):
     def pattern(self) -> re.Pattern[str]:
         return re.compile(self.include_regex)
 
-    def includes(self, name: str) -> bool:
-        return self.pattern.search(name) is not None
+    def includes(self, name: str, root: str | None = None) -> bool:
+        """Whether tensor ``name`` is recorded; with ``root`` (the model's class name) its smdebug
+        name counts too, so the reference's ``.*ResNet_input`` records the input."""
+        if self.pattern.search(name) is not None:
+            return True
+        return root is not None and self.pattern.search(smdebug_name(name, root)) is not None
 
 
 def sampled(request_id: str, rate: float) -> bool:

@@ -43,6 +43,7 @@ def bias_layer_info(model: nn.Module) -> dict[str, dict]:
 class Plan:
     """What to hook and snapshot for one (model, include regex): computed once, then cached."""
 
+    root: str  # the model's class name, the root of its smdebug names
     modules: tuple[tuple[str, nn.Module], ...]  # hooked, in named_modules() order
     params: tuple[tuple[str, torch.Tensor], ...]  # parameters and buffers whose names match
     input_value: bool
@@ -51,9 +52,16 @@ class Plan:
     bias_layers: dict[str, dict]
     eps: dict[str, float]
 
+    def includes(self, cfg: DebuggerConfig, name: str) -> bool:
+        return cfg.includes(name, self.root)
+
 
 def make_plan(model: nn.Module, cfg: DebuggerConfig) -> Plan:
-    inc = cfg.includes
+    root = model._get_name()
+
+    def inc(name: str) -> bool:
+        return cfg.includes(name, root)
+
     modules, params, any_grad = [], [], False
     for path, module in model.named_modules():
         if path:  # the root's output is the logits; its input is "image"
@@ -71,7 +79,7 @@ def make_plan(model: nn.Module, cfg: DebuggerConfig) -> Plan:
     input_gradient = inc(gradient_name(INPUT_NAME))
     bias_layers = bias_layer_info(model)
     return Plan(
-        modules=tuple(modules), params=tuple(params), input_value=inc(INPUT_NAME),
+        root=root, modules=tuple(modules), params=tuple(params), input_value=inc(INPUT_NAME),
         input_gradient=input_gradient, any_gradient=any_grad or input_gradient,
         bias_layers=bias_layers,
         eps={p: i["eps"] for p, i in bias_layers.items() if "eps" in i},

@@ -42,6 +42,8 @@ from .plan import Plan, bias_layer_info, make_plan
 from .layout import (
     FORMAT_VERSION,
     INPUT_NAME,
+    check_worker,
+    default_worker,
     gradient_name,
     meta_key,
     output_name,
@@ -81,9 +83,11 @@ class _Job:
 
 
 class Debugger:
-    """Run-time tensor recorder of one endpoint.
+    """Run-time tensor recorder of one endpoint, as one worker (replica) of it.
 
-    ``store``: where steps go, under ``tensors/{endpoint}/``. ``registry``: Prometheus registry for
+    ``store``: where steps go, under ``tensors/{endpoint}/steps/{step}/{worker}/``. ``worker``: this
+    replica's name (default hostname-pid), so that replicas recording the same endpoint never write
+    the same step object. ``registry``: Prometheus registry for
     ``signwatch_debugger_steps_total{outcome}`` (recorded, dropped, failed), ``signwatch_debugger_enabled``
     and ``signwatch_debugger_pending_bytes``. ``max_pending_bytes`` bounds what waits for the writer;
     a batch that does not fit is dropped and counted, never waited for.
@@ -95,12 +99,14 @@ class Debugger:
         endpoint: str,
         registry: CollectorRegistry | None = None,
         *,
+        worker: str | None = None,
         config: DebuggerConfig | None = None,
         max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
     ) -> None:
         self.store = store
         self.endpoint = endpoint
         self.prefix = tensors_prefix(endpoint)
+        self.worker = check_worker(worker) if worker else default_worker()
         self.max_pending_bytes = max_pending_bytes
         self._config = DebuggerConfig()
         self._lock = threading.Lock()  # config, step numbers
@@ -146,7 +152,8 @@ class Debugger:
         """Replace the configuration; takes effect from the next batch. Returns the new one.
 
         The first time it is switched on, step numbering resumes after the highest step already in
-        the store, so that a restarted service does not overwrite earlier steps.
+        the store (any worker's), so that a restarted service continues the numbering; objects are
+        keyed by worker as well, so nothing another replica wrote is ever overwritten.
         """
         if not isinstance(config, DebuggerConfig):
             config = DebuggerConfig.model_validate(config)
@@ -160,8 +167,8 @@ class Debugger:
         return config
 
     def _first_free_step(self) -> int:
-        steps = [s for s in map(step_of_meta_key, self.store.list(steps_listing_prefix(self.prefix)))
-                 if s is not None]
+        steps = [k[0] for k in map(step_of_meta_key, self.store.list(steps_listing_prefix(self.prefix)))
+                 if k is not None]
         return max(steps) + 1 if steps else 0
 
     def _reserve(self, wanted: int, cfg: DebuggerConfig) -> list[int]:
@@ -193,6 +200,7 @@ class Debugger:
             "steps_failed": self.counts["failed"],
             "pending_batches": queued,
             "pending_bytes": pending,
+            "worker": self.worker,
             "location": self.store.uri(self.prefix),
         }
 
@@ -233,7 +241,9 @@ class Debugger:
     def _record(self, model: nn.Module, batch: torch.Tensor, cfg: DebuggerConfig,
                 rows: list[int], steps: list[tuple[int, str]]) -> tuple[torch.Tensor, _Job]:
         plan = self._plan(model, cfg)
-        inc = cfg.includes
+
+        def inc(name: str) -> bool:
+            return plan.includes(cfg, name)
         owner = threading.get_ident()
         captured: list[tuple[str, int, torch.Tensor]] = []
         calls: dict[str, int] = {}
@@ -378,7 +388,8 @@ class Debugger:
                 arrays = {n: np.ascontiguousarray(t[j : j + 1].numpy()) for n, t in batch.items()}
                 arrays.update(params)
                 blob = save_safetensors(arrays, metadata={
-                    "format": "signwatch-debugger", "step": str(step), "request_id": request_id,
+                    "format": "signwatch-debugger", "step": str(step), "worker": self.worker,
+                    "request_id": request_id,
                 })
                 row = logits[j]
                 meta = {
@@ -387,6 +398,9 @@ class Debugger:
                     "request_id": request_id,
                     "time": job.time,
                     "endpoint": self.endpoint,
+                    "worker": self.worker,
+                    "model_class": job.plan.root,
+                    "mode": "PREDICT",
                     "include_regex": job.config.include_regex,
                     "sample_rate": job.config.sample_rate,
                     "batch_size": job.batch_size,
@@ -398,9 +412,10 @@ class Debugger:
                     "bias_layers": job.plan.bias_layers,
                     "tensors": {n: {"shape": list(a.shape), "dtype": str(a.dtype)} for n, a in sorted(arrays.items())},
                 }
-                self.store.put(tensors_key(self.prefix, step), blob, "application/octet-stream")
+                self.store.put(tensors_key(self.prefix, step, self.worker), blob, "application/octet-stream")
                 # meta last: a step whose meta.json exists is complete.
-                self.store.put(meta_key(self.prefix, step), json.dumps(meta).encode(), "application/json")
+                self.store.put(meta_key(self.prefix, step, self.worker), json.dumps(meta).encode(),
+                               "application/json")
             except Exception:  # noqa: BLE001 - counted and logged, the writer keeps going
                 self._count("failed")
                 log.exception("debugger: step %d (request %s) not stored", step, request_id)

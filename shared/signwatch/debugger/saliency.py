@@ -22,14 +22,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from signwatch.saliency.fullgrad import POST_EPS, batchnorm_effective_bias, fullgrad_maps
 
 from .layout import INPUT_NAME, gradient_name, output_name
 from .trial import TensorUnavailable, Trial
 
 __all__ = ["TrialFullGrad", "fullgrad_from_trial", "fullgrad_result_from_trial", "POST_EPS"]
-
-POST_EPS = 1e-6  # the same as signwatch.saliency.fullgrad
 
 
 @dataclass(frozen=True)
@@ -43,15 +42,6 @@ class TrialFullGrad:
     missing: tuple[str, ...]  # bias layers of the model whose gradient or bias was not recorded
 
 
-def _post_channel_sum(term: torch.Tensor, eps: float) -> torch.Tensor:
-    a = term.abs()
-    flat = a.flatten(1)
-    lo = flat.amin(dim=1).view(-1, 1, 1, 1)
-    hi = flat.amax(dim=1).view(-1, 1, 1, 1)
-    # sum_c (a_c - lo) / (hi - lo + eps), the channel sum of the per-sample min-max normalised term
-    return (a.sum(dim=1, keepdim=True) - a.shape[1] * lo) / (hi - lo + eps)
-
-
 def _bias(tensors: dict[str, np.ndarray], path: str, info: dict) -> torch.Tensor | None:
     """The (effective) bias of layer ``path`` from its recorded parameters, None if not recorded."""
     def get(local: str) -> torch.Tensor | None:
@@ -63,23 +53,22 @@ def _bias(tensors: dict[str, np.ndarray], path: str, info: dict) -> torch.Tensor
         weight, bias = get("weight"), get("bias")
         if mean is None or var is None or (info.get("affine", True) and (weight is None or bias is None)):
             return None
-        scale = torch.rsqrt(var + info["eps"])
-        if weight is not None:
-            scale = scale * weight
-        effective = -mean * scale
-        return effective + bias if bias is not None else effective
+        return batchnorm_effective_bias(mean, var, info["eps"], weight, bias)
     return get("bias")
 
 
-def fullgrad_result_from_trial(trial: Trial, step: int, *, eps: float = POST_EPS, strict: bool = True) -> TrialFullGrad:
+def fullgrad_result_from_trial(trial: Trial, step: int, *, eps: float = POST_EPS, strict: bool = True,
+                               worker: str | None = None) -> TrialFullGrad:
     """The FullGrad map of ``step`` and its completeness check, from the trial's tensors only.
 
     ``strict``: raise when a BatchNorm/Conv layer's gradient or bias is missing from the step (the
     include regex left it out), since the map would silently lack that layer; with ``strict=False``
-    those layers are skipped and listed in ``missing``.
+    those layers are skipped and listed in ``missing``. ``worker``: which replica's step (default
+    the first in sorted order, as everywhere in a trial).
     """
-    meta = trial.step_meta(step)
-    tensors = trial.step_tensors(step)
+    worker = trial.resolve_worker(step, worker)
+    meta = trial.step_meta(step, worker)
+    tensors = trial.step_tensors(step, worker)
     for name in (INPUT_NAME, gradient_name(INPUT_NAME)):
         if name not in tensors:
             raise TensorUnavailable(f"step {step} lacks {name!r}: record it (include regex '.*image')")
@@ -87,14 +76,10 @@ def fullgrad_result_from_trial(trial: Trial, step: int, *, eps: float = POST_EPS
     grad_x = torch.from_numpy(np.array(tensors[gradient_name(INPUT_NAME)]))
     if x.dim() != 4:
         raise ValueError(f"'image' must be (1, C, H, W), got {tuple(x.shape)}")
-    height, width = x.shape[-2:]
 
-    input_term = grad_x * x
-    by_resolution: dict[tuple[int, int], torch.Tensor] = {(height, width): _post_channel_sum(input_term, eps)}
-    total = float(input_term.sum(dtype=torch.float64))
+    terms: list[tuple[torch.Tensor, torch.Tensor, bool]] = []
     used: list[str] = []
     missing: list[str] = []
-
     for path, info in meta.get("bias_layers", {}).items():
         grads = []
         call = 0
@@ -112,33 +97,23 @@ def fullgrad_result_from_trial(trial: Trial, step: int, *, eps: float = POST_EPS
                 )
             continue
         for name, grad_z in grads:
-            bias_t = bias.to(grad_z.dtype)
-            if info["kind"] == "linear":
-                term = grad_z * bias_t  # Linear's bias runs along the last dimension
-            else:
-                term = grad_z * bias_t.view(1, -1, *([1] * (grad_z.dim() - 2)))
-            total += float(term.sum(dtype=torch.float64))
+            terms.append((grad_z, bias, info["kind"] == "linear"))
             used.append(name)
-            if term.dim() == 4 and info["kind"] != "linear":
-                key = (term.shape[-2], term.shape[-1])
-                part = _post_channel_sum(term, eps)
-                by_resolution[key] = by_resolution[key] + part if key in by_resolution else part
 
-    maps = by_resolution.pop((height, width))
-    for part in by_resolution.values():
-        maps = maps + F.interpolate(part, size=(height, width), mode="bilinear", align_corners=True)
-
+    # The same arithmetic as the live map: signwatch.saliency.fullgrad.fullgrad_maps.
+    maps, total = fullgrad_maps(x, grad_x, terms, eps=eps, check_completeness=True)
     score = float(meta["logit"])
     if missing:
         rel_error = math.nan
     else:
-        rel_error = abs(score - total) / max(abs(score), np.finfo(np.float64).tiny)
+        rel_error = abs(score - float(total[0])) / max(abs(score), np.finfo(np.float64).tiny)
     return TrialFullGrad(
         map=maps, step=step, target=int(meta["predicted_class"]), score=score,
         completeness_rel_error=rel_error, layers=tuple(used), missing=tuple(missing),
     )
 
 
-def fullgrad_from_trial(trial: Trial, step: int, *, eps: float = POST_EPS, strict: bool = True) -> torch.Tensor:
+def fullgrad_from_trial(trial: Trial, step: int, *, eps: float = POST_EPS, strict: bool = True,
+                        worker: str | None = None) -> torch.Tensor:
     """The (1, 1, H, W) FullGrad map of ``step``'s predicted class, from recorded tensors only."""
-    return fullgrad_result_from_trial(trial, step, eps=eps, strict=strict).map
+    return fullgrad_result_from_trial(trial, step, eps=eps, strict=strict, worker=worker).map

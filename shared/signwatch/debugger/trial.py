@@ -1,11 +1,21 @@
-"""Reading recorded steps back, in the spirit of smdebug's trials.
+"""Reading recorded steps back, as smdebug's trials do (the reference's analysis code runs unchanged).
 
-    from signwatch.debugger import create_trial
+    from signwatch.debugger import create_trial, modes
     trial = create_trial("s3://signwatch/tensors/signwatch?endpoint=http://127.0.0.1:8333")
-    trial.steps()                                   # [0, 1, 2, ...]
-    trial.tensor_names(regex="bn1")                 # names recorded, re.search as smdebug
-    trial.tensor("layer1.0.bn1.running_mean").value(0)   # numpy array
+    trial.steps(mode=modes.PREDICT)                 # [0, 1, 2, ...]
+    trial.tensor_names(regex=".*bn1")               # re.search, as smdebug
+    trial.tensor("ResNet_bn1.bias").value(step_num=0, mode=modes.PREDICT)   # numpy array
+    trial.tensor("bn1.bias").value(0)               # the same tensor under signwatch's name
     trial.step_meta(0)["predicted_class"]
+
+Names: every tensor answers to its signwatch name and to its smdebug name (see
+:mod:`signwatch.debugger.layout`). ``tensor_names()`` lists signwatch names; with a regex it lists
+each tensor under every one of its names that the regex matches, so ``regex="ResNet_input"`` lists
+``ResNet_input_0`` and ``gradient/ResNet_input_0``.
+
+Workers: each replica records under its own worker name. ``steps()`` is the union over workers;
+where several workers recorded the same step number, ``value(step)`` reads the first worker in
+sorted order, as smdebug does, and ``value(step, worker=w)`` a given one (``trial.workers(step)``).
 
 Locations:
 - ``file:///abs/path/tensors/{endpoint}`` or a plain folder path;
@@ -34,7 +44,8 @@ from safetensors.numpy import load as load_safetensors
 
 from signwatch.ports.store import ObjectNotFound, ObjectStore
 
-from .layout import meta_key, step_of_meta_key, steps_listing_prefix, tensors_key
+from .layout import meta_key, smdebug_name, step_of_meta_key, steps_listing_prefix, tensors_key
+from .modes import mode_name, recorded
 
 __all__ = ["Trial", "TrialTensor", "TensorUnavailable", "StepUnavailable", "create_trial"]
 
@@ -48,20 +59,38 @@ class TensorUnavailable(KeyError):
 
 
 class TrialTensor:
+    """One tensor of a trial; ``name`` is the name it was asked by (signwatch's or smdebug's)."""
+
     def __init__(self, trial: Trial, name: str) -> None:
         self.trial = trial
         self.name = name
 
-    def steps(self) -> list[int]:
-        """The steps in which this tensor was recorded, sorted."""
-        return [s for s in self.trial.steps() if self.name in self.trial.step_meta(s)["tensors"]]
+    def steps(self, mode: object = None) -> list[int]:
+        """The steps in which this tensor was recorded (by any worker), sorted."""
+        if not recorded(mode):
+            return []
+        return [s for s in self.trial.steps() if any(
+            self.trial.own_name(self.name, s, w) is not None for w in self.trial.workers(s))]
 
-    def value(self, step_num: int, mode: object = None) -> np.ndarray:  # noqa: ARG002 - smdebug's signature
-        """The tensor at ``step_num`` (``mode`` is accepted for smdebug compatibility and ignored)."""
-        tensors = self.trial.step_tensors(step_num)
-        if self.name not in tensors:
+    def workers(self, step_num: int, mode: object = None) -> list[str]:  # noqa: ARG002 - smdebug's signature
+        return [w for w in self.trial.workers(step_num) if self.trial.own_name(self.name, step_num, w) is not None]
+
+    def value(self, step_num: int, mode: object = None, worker: str | None = None) -> np.ndarray:
+        """The tensor at ``step_num`` (a copy). ``mode``: smdebug's; every recorded step is PREDICT."""
+        if not recorded(mode):
+            raise StepUnavailable(f"step {step_num} has no mode {mode_name(mode)}: every recorded step is PREDICT")
+        worker = self.trial.resolve_worker(step_num, worker)
+        own = self.trial.own_name(self.name, step_num, worker)
+        if own is None:
+            raise TensorUnavailable(f"tensor {self.name!r} was not recorded at step {step_num} (worker {worker})")
+        return self.trial.step_tensors(step_num, worker)[own].copy()  # the cached step stays intact
+
+    def shape(self, step_num: int, mode: object = None, worker: str | None = None) -> tuple[int, ...]:
+        worker = self.trial.resolve_worker(step_num, worker)
+        own = self.trial.own_name(self.name, step_num, worker)
+        if own is None or not recorded(mode):
             raise TensorUnavailable(f"tensor {self.name!r} was not recorded at step {step_num}")
-        return tensors[self.name].copy()  # the caller's to change; the cached step stays intact
+        return tuple(self.trial.step_meta(step_num, worker)["tensors"][own]["shape"])
 
     def __repr__(self) -> str:
         return f"TrialTensor({self.name!r})"
@@ -74,8 +103,10 @@ class Trial:
         self.store = store
         self.prefix = prefix.strip("/")
         self._cache_steps = cache_steps
-        self._meta: dict[int, dict] = {}  # a step's meta never changes once written
-        self._tensors: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
+        self._meta: dict[tuple[int, str], dict] = {}  # a step's meta never changes once written
+        self._names: dict[tuple[int, str], dict[str, str]] = {}  # any name -> signwatch name
+        self._tensors: OrderedDict[tuple[int, str], dict[str, np.ndarray]] = OrderedDict()
+        self._index: dict[int, list[str]] = {}
         self._lock = threading.Lock()
 
     @property
@@ -85,53 +116,107 @@ class Trial:
         root = getattr(self.store, "root", None)  # FileStore
         return Path(root).as_uri() if root is not None else self.store.uri("")
 
-    def steps(self, mode: object = None) -> list[int]:  # noqa: ARG002 - smdebug's signature
-        """Complete steps (those whose meta.json exists), sorted."""
-        keys = self.store.list(steps_listing_prefix(self.prefix))
-        return sorted({s for s in map(step_of_meta_key, keys) if s is not None})
+    def _refresh(self) -> dict[int, list[str]]:
+        index: dict[int, set[str]] = {}
+        for key in self.store.list(steps_listing_prefix(self.prefix)):
+            found = step_of_meta_key(key)
+            if found is not None:
+                index.setdefault(found[0], set()).add(found[1])
+        self._index = {s: sorted(w) for s, w in sorted(index.items())}
+        return self._index
 
-    def step_meta(self, step: int) -> dict:
-        meta = self._meta.get(step)
+    def steps(self, mode: object = None, show_incomplete_steps: bool = False) -> list[int]:  # noqa: ARG002
+        """Complete steps (those whose meta.json exists) of any worker, sorted; [] for TRAIN/EVAL."""
+        return list(self._refresh()) if recorded(mode) else []
+
+    def workers(self, step: int | None = None) -> list[str]:
+        """The workers (replicas) that recorded ``step``, or any step when None, sorted."""
+        index = self._index if step is not None and step in self._index else self._refresh()
+        if step is None:
+            return sorted({w for ws in index.values() for w in ws})
+        return list(index.get(step, []))
+
+    def resolve_worker(self, step: int, worker: str | None = None) -> str:
+        workers = self.workers(step)
+        if not workers:
+            raise StepUnavailable(f"step {step} not found under {self.uri}")
+        if worker is None:
+            return workers[0]  # smdebug's choice: the first worker in sorted order
+        if worker not in workers:
+            raise StepUnavailable(f"step {step} was not recorded by worker {worker!r} (only {workers})")
+        return worker
+
+    def step_meta(self, step: int, worker: str | None = None) -> dict:
+        worker = self.resolve_worker(step, worker)
+        meta = self._meta.get((step, worker))
         if meta is None:
             try:
-                meta = json.loads(self.store.get(meta_key(self.prefix, step)))
+                meta = json.loads(self.store.get(meta_key(self.prefix, step, worker)))
             except ObjectNotFound as exc:
-                raise StepUnavailable(f"step {step} not found under {self.uri}") from exc
-            self._meta[step] = meta
+                raise StepUnavailable(f"step {step} ({worker}) not found under {self.uri}") from exc
+            self._meta[(step, worker)] = meta
         return meta
 
-    def step_tensors(self, step: int) -> dict[str, np.ndarray]:
-        """Every tensor recorded at ``step``, by name: cached, read-only arrays (``value()`` copies)."""
+    def _name_map(self, step: int, worker: str) -> dict[str, str]:
+        names = self._names.get((step, worker))
+        if names is None:
+            meta = self.step_meta(step, worker)
+            own = list(meta["tensors"])
+            root = meta.get("model_class")
+            names = {smdebug_name(n, root): n for n in own} if root else {}
+            names.update({n: n for n in own})
+            self._names[(step, worker)] = names
+        return names
+
+    def own_name(self, name: str, step: int, worker: str) -> str | None:
+        """The signwatch name of tensor ``name`` (either scheme) at ``step`` of ``worker``, None if absent."""
+        return self._name_map(step, worker).get(name)
+
+    def step_tensors(self, step: int, worker: str | None = None) -> dict[str, np.ndarray]:
+        """Every tensor recorded at ``step``, by signwatch name: cached, read-only arrays (``value()`` copies)."""
+        worker = self.resolve_worker(step, worker)
+        key = (step, worker)
         with self._lock:
-            if step in self._tensors:
-                self._tensors.move_to_end(step)
-                return self._tensors[step]
+            if key in self._tensors:
+                self._tensors.move_to_end(key)
+                return self._tensors[key]
         try:
-            blob = self.store.get(tensors_key(self.prefix, step))
+            blob = self.store.get(tensors_key(self.prefix, step, worker))
         except ObjectNotFound as exc:
-            raise StepUnavailable(f"step {step} not found under {self.uri}") from exc
+            raise StepUnavailable(f"step {step} ({worker}) not found under {self.uri}") from exc
         tensors = load_safetensors(blob)
         for array in tensors.values():
             array.setflags(write=False)
         with self._lock:
-            self._tensors[step] = tensors
+            self._tensors[key] = tensors
             while len(self._tensors) > self._cache_steps:
                 self._tensors.popitem(last=False)
         return tensors
 
-    def tensor_names(self, regex: str | None = None, step: int | None = None, mode: object = None) -> list[str]:  # noqa: ARG002
-        """Names recorded at ``step`` (all steps when None) that ``regex`` matches (re.search), sorted."""
+    def tensor_names(self, regex: str | list[str] | None = None, step: int | None = None, mode: object = None,
+                     *, collection: object = None, show_prefixed_tensors: bool = False) -> list[str]:  # noqa: ARG002
+        """Names recorded at ``step`` (all steps when None), sorted.
+
+        Without ``regex``: signwatch names. With one (or a list, as smdebug): every name of every
+        tensor, in either scheme, that a regex matches anywhere (re.search).
+        """
+        if collection is not None:
+            raise ValueError("collections are not kept: pass regex= (e.g. the include regex) instead")
+        if not recorded(mode):
+            return []
         steps = [step] if step is not None else self.steps()
-        names: set[str] = set()
-        for s in steps:
-            names.update(self.step_meta(s)["tensors"])
-        if regex is not None:
-            pattern = re.compile(regex)
-            names = {n for n in names if pattern.search(n)}
-        return sorted(names)
+        maps = [self._name_map(s, w) for s in steps for w in self.workers(s)]
+        if regex is None:
+            return sorted({own for m in maps for own in m.values()})
+        patterns = [re.compile(r) for r in ([regex] if isinstance(regex, str) else regex)]
+        return sorted({n for m in maps for n in m if any(p.search(n) for p in patterns)})
 
     def has_tensor(self, name: str) -> bool:
-        return name in self.tensor_names()
+        # The known steps first: listing the store for every tensor() call costs a round trip each.
+        for index in (self._index, self._refresh()):
+            if any(name in self._name_map(s, w) for s, ws in index.items() for w in ws):
+                return True
+        return False
 
     def tensor(self, name: str) -> TrialTensor:
         if not self.has_tensor(name):
@@ -142,12 +227,8 @@ class Trial:
         return f"Trial({self.uri!r})"
 
 
-def create_trial(uri: str, store: ObjectStore | None = None) -> Trial:
-    """A trial over ``uri`` (see the module docstring), or over prefix ``uri`` of ``store``."""
-    if store is not None:
-        parsed = urlparse(uri)
-        prefix = parsed.path if parsed.scheme in ("s3", "file") else uri
-        return Trial(store, prefix.strip("/"))
+def open_location(uri: str, *, must_exist: bool = True) -> tuple[ObjectStore, str]:
+    """(store, key prefix) for ``s3://bucket/prefix[?endpoint=..&region=..]``, ``file://`` or a folder."""
     parsed = urlparse(uri)
     if parsed.scheme == "s3":
         from signwatch.ports.store_s3 import S3Store
@@ -163,15 +244,24 @@ def create_trial(uri: str, store: ObjectStore | None = None) -> Trial:
             region=query.get("region", [os.environ.get("SIGNWATCH_S3_REGION", "us-east-1")])[0],
             create_bucket=False,
         )
-        return Trial(s3, unquote(parsed.path).strip("/"))
+        return s3, unquote(parsed.path).strip("/")
     if parsed.scheme == "file":
         path = Path(unquote(parsed.netloc + parsed.path) if parsed.netloc else unquote(parsed.path))
     elif parsed.scheme == "" or (len(parsed.scheme) == 1 and os.name == "nt"):
         path = Path(uri)
     else:
-        raise ValueError(f"trial URI must be s3://, file:// or a folder path, got {uri!r}")
-    if not path.is_dir():
+        raise ValueError(f"location must be s3://, file:// or a folder path, got {uri!r}")
+    if must_exist and not path.is_dir():
         raise FileNotFoundError(f"no recorded tensors at {path}")
     from signwatch.ports.store_file import FileStore
 
-    return Trial(FileStore(path), "")
+    return FileStore(path), ""
+
+
+def create_trial(uri: str, store: ObjectStore | None = None) -> Trial:
+    """A trial over ``uri`` (see the module docstring), or over prefix ``uri`` of ``store``."""
+    if store is not None:
+        parsed = urlparse(uri)
+        prefix = parsed.path if parsed.scheme in ("s3", "file") else uri
+        return Trial(store, prefix.strip("/"))
+    return Trial(*open_location(uri))

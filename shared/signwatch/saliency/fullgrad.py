@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -33,7 +33,8 @@ from .gradients import (
     target_scores,
 )
 
-__all__ = ["FullGradResult", "fullgrad", "straightforward_fullgrad", "effective_bias", "bias_layers"]
+__all__ = ["FullGradResult", "fullgrad", "straightforward_fullgrad", "effective_bias", "bias_layers",
+           "batchnorm_effective_bias", "fullgrad_maps"]
 
 log = logging.getLogger(__name__)
 
@@ -81,26 +82,31 @@ def bias_layers(model: nn.Module) -> list[nn.Module]:
     return layers
 
 
+def batchnorm_effective_bias(running_mean: torch.Tensor, running_var: torch.Tensor, eps: float,
+                             weight: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The constant an eval-mode BatchNorm adds: y = (x - mean) * w / sqrt(var + eps) + b, so
+    b - mean * w / sqrt(var + eps). Shared by the live map and the map from recorded tensors."""
+    scale = torch.rsqrt(running_var + eps)
+    if weight is not None:
+        scale = scale * weight
+    effective = -running_mean * scale
+    return effective + bias if bias is not None else effective
+
+
 @torch.no_grad()
 def effective_bias(module: nn.Module) -> torch.Tensor:
     """The constant a layer adds to its output in eval mode, one value per output channel."""
     if isinstance(module, _BatchNorm):
-        # eval BN: y = (x - mean) * w / sqrt(var + eps) + b, so the constant is b - mean * w / sqrt(var + eps)
-        scale = torch.rsqrt(module.running_var + module.eps)
-        if module.weight is not None:
-            scale = scale * module.weight
-        bias = -module.running_mean * scale
-        if module.bias is not None:
-            bias = bias + module.bias
-        return bias
+        return batchnorm_effective_bias(module.running_mean, module.running_var, module.eps,
+                                        module.weight, module.bias)
     if isinstance(module, (_ConvNd, nn.Linear)) and module.bias is not None:
         return module.bias.detach()
     raise TypeError(f"{type(module).__name__} is not a FullGrad bias layer")
 
 
-def _times_bias(grad: torch.Tensor, module: nn.Module, bias: torch.Tensor) -> torch.Tensor:
+def _times_bias(grad: torch.Tensor, linear: bool, bias: torch.Tensor) -> torch.Tensor:
     bias = bias.to(grad.dtype)
-    if isinstance(module, nn.Linear):
+    if linear:
         return grad * bias  # Linear's bias runs along the last dimension
     return grad * bias.view(1, -1, *([1] * (grad.dim() - 2)))  # conv/BN: along channels
 
@@ -177,6 +183,40 @@ def _unsupported_biases(model: nn.Module) -> list[str]:
     ]
 
 
+def fullgrad_maps(
+    x: torch.Tensor,
+    grad_x: torch.Tensor,
+    bias_terms: Iterable[tuple[torch.Tensor, torch.Tensor, bool]],
+    *,
+    eps: float = POST_EPS,
+    check_completeness: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """FullGrad's arithmetic, once for the live map and the map from a debugger trial.
+
+    ``x``/``grad_x``: (B, C, H, W) input and its gradient; ``bias_terms``: (grad_z, bias, linear)
+    for every bias layer's output gradient and its (effective) bias. Returns the (B, 1, H, W) maps
+    (input term + upsampled conv/BN terms; Linear terms enter only the completeness sum) and the
+    per-sample float64 sum of all terms (None without the check).
+    """
+    height, width = x.shape[-2:]
+    input_term = grad_x * x
+    by_resolution: dict[tuple[int, int], torch.Tensor] = {(height, width): _post_channel_sum(input_term, eps)}
+    total = input_term.flatten(1).sum(dim=1, dtype=torch.float64) if check_completeness else None
+    for grad_z, bias, linear in bias_terms:
+        term = _times_bias(grad_z, linear, bias)
+        if total is not None:
+            total += term.flatten(1).sum(dim=1, dtype=torch.float64)
+        if term.dim() == 4 and not linear:
+            key = (term.shape[-2], term.shape[-1])
+            contribution = _post_channel_sum(term, eps)
+            by_resolution[key] = by_resolution[key] + contribution if key in by_resolution else contribution
+    # Bilinear upsampling is linear: one interpolation per resolution instead of one per channel.
+    maps = by_resolution.pop((height, width))
+    for part in by_resolution.values():
+        maps = maps + F.interpolate(part, size=(height, width), mode="bilinear", align_corners=True)
+    return maps, total
+
+
 @torch.no_grad()
 def fullgrad(
     model: nn.Module,
@@ -193,28 +233,13 @@ def fullgrad(
     The model runs in eval mode for the call; its flags, parameters and ``.grad`` are left as found.
     """
     x, grad_x, logits, t, scores, bias_grads = _decompose(model, images, target)
-    height, width = x.shape[-2:]
-
-    input_term = grad_x * x
-    by_resolution: dict[tuple[int, int], torch.Tensor] = {(height, width): _post_channel_sum(input_term, eps)}
-    total = input_term.flatten(1).sum(dim=1, dtype=torch.float64) if check_completeness else None
-
     biases: dict[nn.Module, torch.Tensor] = {}
+    terms = []
     for module, grad_z in bias_grads:
         if module not in biases:
             biases[module] = effective_bias(module)
-        term = _times_bias(grad_z, module, biases[module])
-        if total is not None:
-            total += term.flatten(1).sum(dim=1, dtype=torch.float64)
-        if term.dim() == 4 and not isinstance(module, nn.Linear):
-            key = (term.shape[-2], term.shape[-1])
-            contribution = _post_channel_sum(term, eps)
-            by_resolution[key] = by_resolution[key] + contribution if key in by_resolution else contribution
-
-    # Bilinear upsampling is linear: one interpolation per resolution instead of one per channel.
-    maps = by_resolution.pop((height, width))
-    for part in by_resolution.values():
-        maps = maps + F.interpolate(part, size=(height, width), mode="bilinear", align_corners=True)
+        terms.append((grad_z, biases[module], isinstance(module, nn.Linear)))
+    maps, total = fullgrad_maps(x, grad_x, terms, eps=eps, check_completeness=check_completeness)
 
     if total is None:
         rel_error = torch.full((x.shape[0],), float("nan"), dtype=torch.float64, device=x.device)
@@ -256,6 +281,6 @@ def straightforward_fullgrad(
     for module, grad_z in bias_grads:
         if grad_z.dim() != 4 or isinstance(module, nn.Linear):
             continue
-        term = post(_times_bias(grad_z, module, effective_bias(module)))
+        term = post(_times_bias(grad_z, isinstance(module, nn.Linear), effective_bias(module)))
         maps = maps + F.interpolate(term, size=size, mode="bilinear", align_corners=True).sum(dim=1, keepdim=True)
     return maps
