@@ -24,6 +24,15 @@ from signwatch.config import Settings
 from signwatch.runtime import open_ports
 
 SERVICES = ("inference", "capture", "monitor", "explainer", "all")
+_PORTS = ("bus_url", "store_url", "state_url", "s3_access_key", "s3_secret_key", "host")
+# What each service must be given in a cluster (left unset, it would run embedded, in memory):
+# deploy/k8s provides each of them (tests/unit/test_deploy.py checks every manifest).
+REQUIRED_SETTINGS = {
+    "inference": _PORTS + ("port", "admin_token"),
+    "capture": _PORTS + ("capture_port",),
+    "monitor": _PORTS + ("monitor_port",),
+    "explainer": _PORTS + ("explainer_port",),
+}
 SHUTDOWN_GRACE_S = 60  # the longest a consumer loop may take to finish its message and commit
 log = logging.getLogger(__name__)
 

