@@ -15,6 +15,7 @@ from typing import Callable
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.concurrency import run_in_threadpool
 
 from signwatch.runtime import Ports
 
@@ -35,7 +36,7 @@ def health_router(live: Callable[[], bool], checks: Callable[[], dict[str, bool]
 
     @router.get(READY_PATH)
     async def _ready() -> JSONResponse:
-        results = checks()
+        results = await run_in_threadpool(checks)  # the checks ask servers now: off the event loop
         ok = all(results.values()) and bool(live())
         return JSONResponse(status_code=200 if ok else 503, content={"ready": ok, "checks": results})
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry
 
 from signwatch.classifier import Classifier, MicroBatcher
 from signwatch.config import Settings
@@ -13,6 +13,7 @@ from signwatch.debugger import Debugger
 from signwatch.model import ModelSpec, load_model
 from signwatch.publishing import EventPublisher
 from signwatch.runtime import Ports, open_ports
+from signwatch.serving import InferenceService
 
 
 @dataclass
@@ -21,23 +22,18 @@ class InferenceCore:
     ports: Ports
     classifier: Classifier
     batcher: MicroBatcher
-    publisher: EventPublisher
+    publisher: EventPublisher | None  # None when events are off (SIGNWATCH_PUBLISH_EVENTS=false)
     registry: CollectorRegistry
-    latency: Histogram = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.latency = Histogram(
-            "signwatch_inference_latency_seconds", "Time from request to answer",
-            registry=self.registry,
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
-        )
+    service: InferenceService
 
     @property
     def spec(self) -> ModelSpec:
         return self.classifier.spec
 
     def close(self) -> None:
-        self.publisher.close()
+        if self.publisher is not None:
+            self.publisher.close()
+        self.service.close()
         debugger = getattr(self, "debugger", None)
         if debugger is not None:
             debugger.close()  # writes the recorded steps still queued
@@ -54,11 +50,13 @@ def build_core(settings: Settings, ports: Ports | None = None) -> InferenceCore:
     debugger = Debugger(store=ports.store, endpoint=settings.endpoint, registry=registry)
     classifier = Classifier(model=model, spec=spec, top_k=settings.top_k, debugger=debugger)
     publisher = EventPublisher(
-        bus=ports.bus, store=ports.store, topic=settings.inference_topic,
-        registry=registry, inline_limit=settings.inline_input_limit_bytes,
-    )
-    batcher = MicroBatcher(classifier.predict, settings.max_batch_size, settings.max_batch_wait_ms)
-    core = InferenceCore(settings, ports, classifier, batcher, publisher, registry)
+        bus=ports.bus, store=ports.store, topic=settings.inference_topic, registry=registry,
+        max_events=settings.event_buffer_events, max_bytes=settings.event_buffer_bytes,
+    ) if settings.publish_events else None
+    batcher = MicroBatcher(classifier.predict, settings.max_batch_size, settings.max_batch_wait_ms,
+                           max_queue=settings.inference_queue_size, registry=registry)
+    service = InferenceService(settings, classifier, batcher, publisher, registry)
+    core = InferenceCore(settings, ports, classifier, batcher, publisher, registry, service)
     core.debugger = debugger
     return core
 
@@ -74,6 +72,8 @@ def serve(settings: Settings) -> None:
 
     core = build_core(settings)
     try:
-        uvicorn.run(create_app(core), host=settings.host, port=settings.port, log_level="info")
+        # httptools + uvloop: the measured fast path (benchmarks/serving.py); no access log per request
+        uvicorn.run(create_app(core), host=settings.host, port=settings.port, log_level="info",
+                    http="httptools", loop="uvloop", access_log=False)
     finally:
         core.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,16 +56,54 @@ class Classifier:
         ]
 
 
+class BatcherFull(RuntimeError):
+    """The queue in front of the model is full: answer 429 now rather than wait without bound."""
+
+
+class BatcherStopped(RuntimeError):
+    """The batcher is not running (starting up or shutting down): answer 503."""
+
+
 class MicroBatcher:
-    def __init__(self, predict, max_batch_size: int = 16, max_wait_ms: float = 5.0) -> None:
+    """Bounded queue -> batches of up to ``max_batch_size`` -> one forward in a worker thread.
+
+    ``submit`` never waits for room: a full queue raises ``BatcherFull`` at once. While a forward
+    runs, new requests queue up and form the next batch, so under load batches fill without
+    waiting; an idle model waits at most ``max_wait_ms`` for company.
+    """
+
+    def __init__(self, predict, max_batch_size: int = 32, max_wait_ms: float = 5.0,
+                 max_queue: int = 512, registry=None) -> None:
         self._predict = predict
         self._max_batch = max_batch_size
         self._max_wait = max_wait_ms / 1000
+        self.max_queue = max_queue
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
+        # one forward at a time, in a thread of its own (the event loop keeps serving)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
+        self.batch_sizes = None
+        if registry is not None:
+            from prometheus_client import Gauge, Histogram
+
+            self.batch_sizes = Histogram("signwatch_inference_batch_size", "Images per forward pass",
+                                         registry=registry, buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+            Gauge("signwatch_inference_queue_depth", "Images waiting for the model",
+                  registry=registry).set_function(lambda: self.depth)
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize() if self._queue is not None else 0
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def room(self) -> int:
+        return self.max_queue - self.depth
 
     async def start(self) -> None:
-        self._queue = asyncio.Queue()
+        self._queue = asyncio.Queue(maxsize=self.max_queue)
         self._task = asyncio.create_task(self._run(), name="micro-batcher")
 
     async def stop(self) -> None:
@@ -74,12 +113,22 @@ class MicroBatcher:
                 await self._task
             except asyncio.CancelledError:
                 pass
+            self._task = None
+        self._executor.shutdown(wait=False)
+
+    def enqueue(self, item) -> asyncio.Future:
+        """Queue one item; raises BatcherFull / BatcherStopped at once. Await the future."""
+        if self._queue is None or not self.running:
+            raise BatcherStopped("the model is not serving yet")
+        future = asyncio.get_running_loop().create_future()
+        try:
+            self._queue.put_nowait((item, future))
+        except asyncio.QueueFull:
+            raise BatcherFull(f"{self.max_queue} images are already waiting for the model") from None
+        return future
 
     async def submit(self, item):
-        assert self._queue is not None, "MicroBatcher.start() was not awaited"
-        future = asyncio.get_running_loop().create_future()
-        await self._queue.put((item, future))
-        return await future
+        return await self.enqueue(item)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -87,6 +136,11 @@ class MicroBatcher:
             batch = [await self._queue.get()]
             deadline = loop.time() + self._max_wait
             while len(batch) < self._max_batch:
+                try:  # whatever queued up during the last forward joins without waiting
+                    batch.append(self._queue.get_nowait())
+                    continue
+                except asyncio.QueueEmpty:
+                    pass
                 left = deadline - loop.time()
                 if left <= 0:
                     break
@@ -94,9 +148,14 @@ class MicroBatcher:
                     batch.append(await asyncio.wait_for(self._queue.get(), left))
                 except asyncio.TimeoutError:
                     break
+            batch = [(item, fut) for item, fut in batch if not fut.done()]  # cancelled: client gone
+            if not batch:
+                continue
+            if self.batch_sizes is not None:
+                self.batch_sizes.observe(len(batch))
             items = [item for item, _ in batch]
             try:
-                results = await asyncio.to_thread(self._predict, items)
+                results = await loop.run_in_executor(self._executor, self._predict, items)
             except Exception as exc:  # noqa: BLE001 - every waiter must hear about the failure
                 for _, fut in batch:
                     if not fut.done():

@@ -38,10 +38,19 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     model_path: Path | None = Field(None, description="safetensors weights; shipped ones by default")
-    max_body_bytes: int = Field(5 * 1024 * 1024, ge=1024)
+    max_body_bytes: int = Field(6 * 1024 * 1024, ge=1024, description="SageMaker's invocation limit")
     max_image_side: int = Field(4096, ge=8)
-    max_batch_size: int = Field(16, ge=1)
+    max_image_pixels: int = Field(1024 * 1024, ge=64, description="decoded pixels per image")
+    max_batch_images: int = Field(64, ge=1, description="images in one .npy batch request")
+    max_batch_size: int = Field(32, ge=1)
     max_batch_wait_ms: float = Field(5.0, ge=0)
+    inference_queue_size: int = Field(512, ge=1, description="images waiting for the model; then 429")
+    max_inflight_bytes: int = Field(192 * 1024 * 1024, ge=1024, description="request bodies held at once")
+    decode_workers: int = Field(2, ge=1, description="images decoded at once")
+    body_timeout_s: float = Field(10.0, gt=0, description="time to receive a whole request body")
+    publish_events: bool = Field(True, description="False: serve without publishing (capture off)")
+    event_buffer_events: int = Field(20_000, ge=1, description="events waiting for the bus, at most")
+    event_buffer_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="bytes of those, at most")
     top_k: int = Field(5, ge=1, le=43)
     inline_input_limit_bytes: int = Field(
         64 * 1024, description="inputs larger than this travel by claim check in the store"
@@ -53,6 +62,7 @@ class Settings(BaseSettings):
     capture_sampling_percentage: float = Field(100.0, ge=0, le=100)
     capture_batch_records: int = Field(100, ge=1)
     capture_flush_seconds: float = Field(5.0, gt=0)
+    capture_batch_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="buffered capture bytes, at most")
 
     # Monitor service.
     monitor_share_threshold: float = Field(0.5, gt=0, le=1)

@@ -29,11 +29,16 @@ class _Event(BaseModel):
 
 
 class InputPayload(BaseModel):
-    """The request body: inline (base64) or, when large, a claim check in the object store."""
+    """The request body: inline (base64) or, when large, a claim check in the object store.
+
+    ``content_type`` is what the bytes are (sniffed: image/png, image/jpeg, application/x-npy);
+    ``observed_content_type`` is the header the client sent (v2), which data capture records.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     content_type: str
+    observed_content_type: str | None = None
     encoding: Literal["BASE64"] = "BASE64"
     data: str | None = None
     ref: str | None = Field(None, description="object-store key holding the raw bytes")
@@ -58,18 +63,35 @@ class InferenceOutput(BaseModel):
     model_version: str
 
 
+class ResponsePayload(BaseModel):
+    """The response body exactly as the client received it (v2): data capture writes these bytes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    content_type: str = "application/json"
+    data: str
+
+
+INFERENCE_SCHEMA = "signwatch.inference/v2"
+
+
 class InferenceEvent(_Event):
-    schema_: Literal["signwatch.inference/v1"] = Field(
-        "signwatch.inference/v1", alias="schema", serialization_alias="schema"
+    """One image's inference. v2 adds ``custom_attributes``, ``response`` and the input's
+    ``observed_content_type``; all optional, so v1 events still parse (and are read as v1)."""
+
+    schema_: Literal["signwatch.inference/v1", "signwatch.inference/v2"] = Field(
+        INFERENCE_SCHEMA, alias="schema", serialization_alias="schema"
     )
     event_id: str = Field(default_factory=new_id)
-    inference_id: str | None = None
+    inference_id: str | None = Field(None, max_length=64)
+    custom_attributes: str | None = Field(None, max_length=1024)
     time: datetime = Field(default_factory=utc_now)
     endpoint: str
     variant: str
     model_version: str
     input: InputPayload
     output: InferenceOutput
+    response: ResponsePayload | None = None
     latency_ms: float
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

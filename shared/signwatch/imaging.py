@@ -45,8 +45,31 @@ def sniff(data: bytes) -> str | None:
     return None
 
 
-def decode_image(data: bytes, content_type: str | None, max_side: int = 4096) -> np.ndarray:
+# A traffic-sign classifier looks at 64x64 crops (GTSRB's largest are 250x250): one megapixel is
+# generous, and bounds a decoded RGBA image at 4 MiB, however small the compressed body (a 2 KB PNG
+# can claim 4096x4096 = 64 MiB). The header is read before any pixel is decoded.
+MAX_PIXELS = 1024 * 1024
+MAX_BATCH_IMAGES = 64
+
+
+def decode_image(data: bytes, content_type: str | None, max_side: int = 4096,
+                 max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Return the image as an RGB ``uint8`` array (H, W, 3)."""
+    images = decode_images(data, content_type, max_side, max_pixels, max_batch=1)
+    return images[0]
+
+
+def decode_images(data: bytes, content_type: str | None, max_side: int = 4096,
+                  max_pixels: int = MAX_PIXELS, max_batch: int = MAX_BATCH_IMAGES) -> list[np.ndarray]:
+    """One RGB ``uint8`` array (H, W, 3) per image: a PNG or JPEG is one image; a ``.npy`` array of
+    shape (N, H, W, 3) is a batch of N (``max_batch`` at most)."""
+    return decode_request(data, content_type, max_side, max_pixels, max_batch)[0]
+
+
+def decode_request(data: bytes, content_type: str | None, max_side: int = 4096,
+                   max_pixels: int = MAX_PIXELS, max_batch: int = MAX_BATCH_IMAGES
+                   ) -> tuple[list[np.ndarray], bool]:
+    """The images, and whether the body was a batch (a 4-D ``.npy``) rather than one image."""
     if not data:
         raise ImageError("empty body: send a PNG, JPEG or .npy image")
     ctype = (content_type or "application/octet-stream").split(";")[0].strip().lower()
@@ -63,11 +86,11 @@ def decode_image(data: bytes, content_type: str | None, max_side: int = 4096) ->
     if declared is not None and declared != kind:
         raise ImageError(f"content type says {declared} but the body is {kind}")
     if kind == "npy":
-        return _decode_npy(data, max_side)
-    return _decode_pil(data, max_side)
+        return _decode_npy(data, max_side, max_pixels, max_batch)
+    return [_decode_pil(data, max_side, max_pixels)], False
 
 
-def _decode_pil(data: bytes, max_side: int) -> np.ndarray:
+def _decode_pil(data: bytes, max_side: int, max_pixels: int) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -75,6 +98,9 @@ def _decode_pil(data: bytes, max_side: int) -> np.ndarray:
                 width, height = probe.size
                 if width > max_side or height > max_side:
                     raise ImageError(f"image is {width}x{height}; the limit is {max_side} px a side", 413)
+                if width * height > max_pixels:
+                    raise ImageError(f"image is {width}x{height} = {width * height} pixels; "
+                                     f"the limit is {max_pixels}", 413)
                 probe.verify()  # checks the structure (CRC, truncation) without decoding pixels
             with Image.open(io.BytesIO(data)) as img:
                 img.load()
@@ -87,19 +113,33 @@ def _decode_pil(data: bytes, max_side: int) -> np.ndarray:
         raise ImageError(f"corrupt or truncated image: {exc}") from exc
 
 
-def _decode_npy(data: bytes, max_side: int) -> np.ndarray:
+def _decode_npy(data: bytes, max_side: int, max_pixels: int, max_batch: int) -> tuple[list[np.ndarray], bool]:
     try:
         arr = np.load(io.BytesIO(data), allow_pickle=False)
     except Exception as exc:
         raise ImageError(f"corrupt .npy file: {exc}") from exc
+    if arr.ndim == 4:
+        if not 1 <= arr.shape[0] <= max_batch:
+            raise ImageError(f"a batch holds 1 to {max_batch} images; got {arr.shape[0]}",
+                             413 if arr.shape[0] > max_batch else 400)
+        if arr.shape[-1] != 3:
+            raise ImageError(f"a batch must be (N, H, W, 3); got {arr.shape}")
+        return [_npy_image(image, max_side, max_pixels) for image in arr], True
+    return [_npy_image(arr, max_side, max_pixels)], False
+
+
+def _npy_image(arr: np.ndarray, max_side: int, max_pixels: int) -> np.ndarray:
     if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3):
         arr = np.moveaxis(arr, 0, -1)  # CHW -> HWC
     if arr.ndim == 2:
         arr = arr[..., None]
     if arr.ndim != 3 or arr.shape[-1] not in (1, 3):
         raise ImageError(f".npy array must be (H, W), (H, W, 3) or (3, H, W); got {arr.shape}")
-    if max(arr.shape[:2]) > max_side or min(arr.shape[:2]) < 1:
-        raise ImageError(f"array is {arr.shape[1]}x{arr.shape[0]}; the limit is {max_side} px", 413)
+    if min(arr.shape[:2]) < 1:
+        raise ImageError(f"array is {arr.shape[1]}x{arr.shape[0]}: empty")
+    if max(arr.shape[:2]) > max_side or arr.shape[0] * arr.shape[1] > max_pixels:
+        raise ImageError(f"array is {arr.shape[1]}x{arr.shape[0]}; the limit is {max_side} px a side "
+                         f"and {max_pixels} pixels", 413)
     if arr.dtype == np.uint8:
         out = arr
     elif np.issubdtype(arr.dtype, np.floating):
@@ -111,6 +151,12 @@ def _decode_npy(data: bytes, max_side: int) -> np.ndarray:
     if out.shape[-1] == 1:
         out = np.repeat(out, 3, axis=-1)
     return np.ascontiguousarray(out)
+
+
+def encode_npy(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, image, allow_pickle=False)
+    return buf.getvalue()
 
 
 def encode_png(image: np.ndarray) -> bytes:

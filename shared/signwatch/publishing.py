@@ -1,9 +1,11 @@
-"""Publishing inference events without ever blocking or failing a request.
+"""Publishing inference events: an enqueue on the request path, everything else in the background.
 
-The request handler hands the event to a bounded queue and returns. One background thread
-moves large inputs to the object store (claim check), then publishes to the bus. Every event
-ends in exactly one counter: published, failed (the bus refused it) or dropped (the queue was
-full) - nothing is silently lost.
+``submit`` only appends to a bounded buffer (counted in events and in bytes) and returns. Two
+background lanes empty it: the claim-check lane writes large inputs to the object store, the bus
+lane hands events to the bus. A store or broker that is down or hung only makes events wait:
+each step is retried with backoff until the server is back, so nothing is lost. An event leaves
+the buffer when the bus acknowledged it. Only when the buffer is full is an event dropped, and
+then it is counted (``signwatch_events_total{outcome="dropped"}``) and logged, never silently.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
-import queue
 import threading
-from dataclasses import dataclass, field
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from signwatch.events import InferenceEvent, InputPayload
 from signwatch.ports.bus import EventBus
@@ -24,21 +28,30 @@ from signwatch.ports.store import ObjectStore
 log = logging.getLogger(__name__)
 
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "application/x-npy": "npy"}
+EVENT_OVERHEAD_BYTES = 2048  # the JSON around the payload, for the buffer's byte count
+MAX_DELIVERY_ATTEMPTS = 5  # a bus that refuses a message this often (not an outage) fails it
 
 
-def make_input_payload(body: bytes, content_type: str) -> InputPayload:
-    return InputPayload(
-        content_type=content_type,
-        data=base64.b64encode(body).decode(),
-        sha256=hashlib.sha256(body).hexdigest(),
-        size=len(body),
-    )
+def input_key(endpoint: str, time_: datetime, event_id: str, content_type: str) -> str:
+    ext = EXTENSIONS.get(content_type, "bin")
+    return f"inputs/{endpoint}/{time_:%Y/%m/%d/%H}/{event_id}.{ext}"
 
 
 def claim_check_key(event: InferenceEvent) -> str:
-    ext = EXTENSIONS.get(event.input.content_type, "bin")
-    t = event.time
-    return f"inputs/{event.endpoint}/{t:%Y/%m/%d/%H}/{event.event_id}.{ext}"
+    return input_key(event.endpoint, event.time, event.event_id, event.input.content_type)
+
+
+def make_input_payload(body: bytes, content_type: str, *, observed_content_type: str | None = None,
+                       ref: str | None = None, sha256: str | None = None) -> InputPayload:
+    """The event's view of the request bytes: inline base64, or (``ref`` given) a claim check."""
+    return InputPayload(
+        content_type=content_type,
+        observed_content_type=observed_content_type,
+        data=None if ref is not None else base64.b64encode(body).decode(),
+        ref=ref,
+        sha256=sha256 or hashlib.sha256(body).hexdigest(),
+        size=len(body),
+    )
 
 
 def resolve_input(payload: InputPayload, store: ObjectStore) -> bytes:
@@ -50,72 +63,175 @@ def resolve_input(payload: InputPayload, store: ObjectStore) -> bytes:
 
 
 @dataclass
-class EventPublisher:
-    bus: EventBus
-    store: ObjectStore
-    topic: str
-    registry: CollectorRegistry
-    inline_limit: int = 256 * 1024
-    queue_size: int = 10_000
-    _queue: queue.Queue = field(init=False)
+class _Item:
+    event: InferenceEvent
+    claim: bytes | None  # bytes to write under event.input.ref before the event may go out
+    size: int
+    attempts: int = 0
 
-    def __post_init__(self) -> None:
-        self._queue = queue.Queue(maxsize=self.queue_size)
-        self.outcomes = Counter(
-            "signwatch_events_total", "Inference events by outcome",
-            ["outcome"], registry=self.registry,
-        )
+
+class EventPublisher:
+    def __init__(self, bus: EventBus, store: ObjectStore, topic: str, registry: CollectorRegistry,
+                 max_events: int = 10_000, max_bytes: int = 256 * 1024 * 1024,
+                 backoff_s: float = 0.1, max_backoff_s: float = 2.0) -> None:
+        self.bus, self.store, self.topic = bus, store, topic
+        self.max_events, self.max_bytes = max_events, max_bytes
+        self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
+        self._lock = threading.Condition()
+        self._claims: deque[_Item] = deque()
+        self._ready: deque[_Item] = deque()
+        self._events = 0  # in the buffer: submitted, not yet acknowledged by the bus
+        self._bytes = 0
+        self._closing = threading.Event()
+        self._dropped_since_log = 0
+        self._last_drop_log = 0.0
+        self.outcomes = Counter("signwatch_events_total", "Inference events by outcome",
+                                ["outcome"], registry=registry)
         for outcome in ("published", "failed", "dropped"):
             self.outcomes.labels(outcome)
-        self._thread = threading.Thread(target=self._run, name="event-publisher", daemon=True)
-        self._thread.start()
+        self.retries = Counter("signwatch_event_retries_total", "Retried publishing steps (an outage)",
+                               ["step"], registry=registry)
+        for step in ("claim_check", "bus"):
+            self.retries.labels(step)
+        Gauge("signwatch_events_buffered", "Events waiting to be acknowledged by the bus",
+              registry=registry).set_function(lambda: self._events)
+        Gauge("signwatch_events_buffered_bytes", "Bytes of the events waiting", registry=registry
+              ).set_function(lambda: self._bytes)
+        self._threads = [
+            threading.Thread(target=self._claim_lane, name="event-claim-check", daemon=True),
+            threading.Thread(target=self._bus_lane, name="event-publisher", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
 
-    def submit(self, event: InferenceEvent) -> None:
-        try:
-            self._queue.put_nowait(event)
-        except queue.Full:
-            self.outcomes.labels("dropped").inc()
-            log.error("event queue full: dropped event %s", event.event_id)
+    # ---- the request path: an enqueue, nothing more
+    def submit(self, event: InferenceEvent, claim: bytes | None = None) -> bool:
+        """Buffer ``event`` (and the claim-check bytes for ``event.input.ref``); False if dropped."""
+        size = EVENT_OVERHEAD_BYTES + len(event.input.data or "") + len(claim or b"")
+        with self._lock:
+            if self._events + 1 > self.max_events or self._bytes + size > self.max_bytes:
+                self._drop(event)
+                return False
+            self._events += 1
+            self._bytes += size
+            (self._claims if claim is not None else self._ready).append(_Item(event, claim, size))
+            self._lock.notify_all()
+        return True
 
-    def _prepare(self, event: InferenceEvent) -> InferenceEvent:
-        if event.input.size <= self.inline_limit or event.input.data is None:
-            return event
-        key = claim_check_key(event)
-        self.store.put(key, base64.b64decode(event.input.data), event.input.content_type)
-        return event.model_copy(update={"input": event.input.model_copy(update={"data": None, "ref": key})})
+    def _drop(self, event: InferenceEvent) -> None:  # called with the lock held
+        self.outcomes.labels("dropped").inc()
+        self._dropped_since_log += 1
+        now = time.monotonic()
+        if now - self._last_drop_log >= 1.0:  # one line a second at most, with the count
+            log.error("event buffer full (%d events, %d bytes): dropped %d event(s), last %s",
+                      self._events, self._bytes, self._dropped_since_log, event.event_id)
+            self._dropped_since_log = 0
+            self._last_drop_log = now
 
-    def _on_delivery(self, event_id: str):
+    @property
+    def buffered(self) -> tuple[int, int]:
+        return self._events, self._bytes
+
+    # ---- background lanes
+    def _take(self, lane: deque) -> _Item | None:
+        with self._lock:
+            while not lane:
+                if self._closing.is_set():
+                    return None
+                self._lock.wait(0.5)
+            return lane.popleft()
+
+    def _retry(self, step: str, action) -> bool:
+        """Run ``action`` until it succeeds (True) or the publisher is closed (False)."""
+        delay = self.backoff_s
+        while True:
+            try:
+                action()
+                return True
+            except Exception as exc:  # noqa: BLE001 - an outage: wait and try again
+                self.retries.labels(step).inc()
+                log.warning("publishing: %s failed (%s: %s); retrying in %.1fs",
+                            step, type(exc).__name__, str(exc)[:200], delay)
+                if self._closing.wait(delay):
+                    return False
+                delay = min(delay * 2, self.max_backoff_s)
+
+    def _claim_lane(self) -> None:
+        while (item := self._take(self._claims)) is not None:
+            payload = item.event.input
+            if not self._retry("claim_check",
+                               lambda: self.store.put(payload.ref, item.claim, payload.content_type)):
+                self._fail(item, "closed before the claim check was written")
+                continue
+            item.claim = None
+            with self._lock:
+                self._ready.append(item)
+                self._lock.notify_all()
+
+    def _bus_lane(self) -> None:
+        while (item := self._take(self._ready)) is not None:
+            value = item.event.to_bytes()
+            ok = self._retry("bus", lambda: self.bus.publish(
+                self.topic, item.event.event_id, value, on_delivery=self._on_delivery(item)))
+            if not ok:
+                self._fail(item, "closed before the bus took the event")
+
+    def _on_delivery(self, item: _Item):
         def done(error: Exception | None) -> None:
             if error is None:
                 self.outcomes.labels("published").inc()
-            else:
-                self.outcomes.labels("failed").inc()
-                log.error("event %s not published: %s", event_id, error)
+                self._release(item)
+                return
+            item.attempts += 1
+            if item.attempts >= MAX_DELIVERY_ATTEMPTS:
+                self._fail(item, f"refused {item.attempts} times: {error}")
+                return
+            log.warning("publishing: event %s refused (%s); retrying", item.event.event_id, error)
+            with self._lock:
+                self._ready.append(item)
+                self._lock.notify_all()
         return done
 
-    def _run(self) -> None:
-        while True:
-            event = self._queue.get()
-            if event is None:
-                return
-            try:
-                prepared = self._prepare(event)
-                self.bus.publish(self.topic, prepared.event_id, prepared.to_bytes(),
-                                 on_delivery=self._on_delivery(event.event_id))
-            except Exception as exc:  # noqa: BLE001 - counted, never raised into a request
-                self.outcomes.labels("failed").inc()
-                log.error("event %s not published: %s", event.event_id, exc)
-            finally:
-                self._queue.task_done()
+    def _fail(self, item: _Item, why: str) -> None:
+        self.outcomes.labels("failed").inc()
+        log.error("event %s not published: %s", item.event.event_id, why)
+        self._release(item)
 
-    def drain(self, timeout_s: float = 10.0) -> None:
-        """Wait until every submitted event was handed to the bus, then flush the bus."""
-        self._queue.join()
-        self.bus.flush(timeout_s)
+    def _release(self, item: _Item) -> None:
+        with self._lock:
+            self._events -= 1
+            self._bytes -= item.size
+            self._lock.notify_all()
+
+    # ---- shutdown
+    def drain(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every buffered event was acknowledged (True) or ``timeout_s`` passed."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            while self._events:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                # nudge the bus so that lingering messages go out while we wait
+                self._lock.wait(min(left, 0.05))
+                if self._events and not self._ready and not self._claims:
+                    self._lock.release()
+                    try:
+                        self.bus.flush(min(0.5, max(left, 0.01)))
+                    except Exception:  # noqa: BLE001 - an outage; keep waiting until the deadline
+                        pass
+                    finally:
+                        self._lock.acquire()
+        return True
 
     def close(self, timeout_s: float = 10.0) -> None:
         try:
-            self.drain(timeout_s)
+            if not self.drain(timeout_s):
+                log.error("publishing: %d event(s) (%d bytes) still unacknowledged at shutdown",
+                          *self.buffered)
         finally:
-            self._queue.put(None)
-            self._thread.join(timeout_s)
+            self._closing.set()
+            with self._lock:
+                self._lock.notify_all()
+            for thread in self._threads:
+                thread.join(timeout_s)

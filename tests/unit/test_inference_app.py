@@ -10,6 +10,7 @@ from signwatch.config import Settings
 from signwatch.events import InferenceEvent
 from signwatch.runtime import open_ports
 from signwatch_services.inference.server import build_core, create_app
+from tests.conftest import wait_until
 from tests.unit.helpers import png_bytes
 
 
@@ -87,26 +88,46 @@ def test_health_and_metrics(app_and_ports):
     assert "signwatch_inference_latency_seconds_count 1.0" in text
 
 
-class BrokenBus:
+class FlakyBus:
+    """Refuses every publish while ``down``: an outage, then the broker is back."""
+
+    def __init__(self):
+        self.down, self.published = True, []
+
     def ensure_topics(self, *a): pass
+
     def publish(self, topic, key, value, on_delivery=None):
-        raise RuntimeError("broker unreachable")
+        if self.down:
+            raise RuntimeError("broker unreachable")
+        self.published.append(key)
+        if on_delivery:
+            on_delivery(None)
+
     def flush(self, timeout_s=10): pass
-    def ping(self): return False
+    def ping(self): return not self.down
     def close(self): pass
 
 
-def test_a_broken_bus_never_fails_a_request_and_is_counted(tmp_path):
+def test_a_bus_outage_never_fails_a_request_and_the_event_waits_then_flows(tmp_path):
     from signwatch.ports.state_memory import MemoryState
     from signwatch.ports.store_file import FileStore
     from signwatch.runtime import Ports
 
+    bus = FlakyBus()
     settings = Settings(store_url=tmp_path.as_uri())
-    core = build_core(settings, Ports(BrokenBus(), FileStore(tmp_path), MemoryState()))
+    core = build_core(settings, Ports(bus, FileStore(tmp_path), MemoryState()))
+    core.publisher.backoff_s = core.publisher.max_backoff_s = 0.02
     with TestClient(create_app(core)) as client:
         r = client.post("/invocations", content=png_bytes(), headers={"content-type": "image/png"})
         assert r.status_code == 200
-        core.publisher.drain()
-        assert 'signwatch_events_total{outcome="failed"} 1.0' in client.get("/metrics").text
+        wait_until(lambda: core.publisher.retries.labels("bus")._value.get() >= 2, 10, what="retries")
+        text = client.get("/metrics").text
+        assert "signwatch_events_buffered 1.0" in text
+        assert 'signwatch_events_total{outcome="failed"} 0.0' in text
         assert client.get("/health/ready").status_code == 503
+        bus.down = False
+        assert core.publisher.drain(10)
+        assert bus.published == [r.headers["X-Signwatch-Event-Id"]]
+        text = client.get("/metrics").text
+        assert 'signwatch_events_total{outcome="published"} 1.0' in text and "signwatch_events_buffered 0.0" in text
     core.close()

@@ -1,30 +1,43 @@
-"""Apache Kafka adapter (kafka-python).
+"""Apache Kafka adapter: confluent-kafka (librdkafka) produces, kafka-python consumes and administers.
 
-The producer uses acks=all with idempotence, so a message reported delivered is on every
-in-sync replica and a retry never duplicates it. ``publish`` hands the record to the client's
-buffer and returns; ``max_block_ms`` bounds the wait when the buffer is full or the broker is
-gone, and the delivery callback reports the outcome so the caller can count failures.
-Consumers never auto-commit: the caller commits after its work is durable.
+Producer: librdkafka's own threads do the network work without the GIL. kafka-python's sender
+thread, when the broker hangs (SIGSTOP), spins in Python and held the GIL so long that request p99
+went from 40 ms to 4 s (issue 9). acks=all with idempotence: a message reported delivered is on
+every in-sync replica and a retry never duplicates it. ``message.timeout.ms=0`` keeps retrying
+until the broker is back; the caller bounds how much waits (signwatch.publishing). ``publish``
+never blocks: a full client queue raises PublishError at once. ``ping`` asks the broker now.
+
+Consumers never auto-commit: the caller commits after its work is durable. A short session
+timeout lets a restarted consumer take its partitions back within seconds of a crash (the
+dead member is evicted when its session lapses).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from signwatch.ports.bus import DeliveryCallback, Message, PublishError, next_offsets
+from signwatch.ports.bus import DeliveryCallback, Message, MessageTooLarge, PublishError, next_offsets
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 1_000_000  # the broker's default message.max.bytes, minus headroom
 
 
+# A crashed consumer's partitions come back after its session lapses: 10 s (the broker's minimum
+# is 6 s) instead of kafka-python's 45 s, so a restarted capture resumes within 15 s.
+SESSION_TIMEOUT_MS = 10_000
+HEARTBEAT_MS = 3_000
+
+
 class KafkaConsumerAdapter:
-    def __init__(self, bootstrap: str, topics: list[str], group: str) -> None:
+    def __init__(self, bootstrap: str, topics: list[str], group: str,
+                 session_timeout_ms: int = SESSION_TIMEOUT_MS) -> None:
         self._consumer = KafkaConsumer(
             *topics,
             bootstrap_servers=bootstrap,
@@ -32,6 +45,8 @@ class KafkaConsumerAdapter:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             client_id=f"signwatch-{group}",
+            session_timeout_ms=session_timeout_ms,
+            heartbeat_interval_ms=min(HEARTBEAT_MS, session_timeout_ms // 3),
         )
 
     def poll(self, timeout_ms: int = 500, max_records: int = 500) -> list[Message]:
@@ -75,25 +90,50 @@ class KafkaConsumerAdapter:
 
 
 class KafkaBus:
-    def __init__(self, bootstrap: str, max_block_ms: int = 2000) -> None:
+    def __init__(self, bootstrap: str, max_block_ms: int = 2000, queue_max_messages: int = 100_000,
+                 queue_max_kbytes: int = 128 * 1024) -> None:
         self._bootstrap = bootstrap
         self._max_block_ms = max_block_ms
-        self._producer: KafkaProducer | None = None
+        self._queue_max_messages = queue_max_messages
+        self._queue_max_kbytes = queue_max_kbytes
+        self._producer = None
+        self._lock = threading.Lock()
+        self._poller: threading.Thread | None = None
+        self._closing = threading.Event()
 
     @property
-    def producer(self) -> KafkaProducer:
+    def producer(self):
         # Created lazily: a service can start (and report not-ready) while Kafka is down.
-        if self._producer is None:
-            self._producer = KafkaProducer(
-                bootstrap_servers=self._bootstrap,
-                acks="all",
-                enable_idempotence=True,
-                linger_ms=5,
-                max_block_ms=self._max_block_ms,
-                max_request_size=MAX_MESSAGE_BYTES,
-                client_id="signwatch-producer",
-            )
-        return self._producer
+        with self._lock:
+            if self._producer is None:
+                from confluent_kafka import Producer
+
+                self._producer = Producer({
+                    "bootstrap.servers": self._bootstrap,
+                    "client.id": "signwatch-producer",
+                    "acks": "all",
+                    "enable.idempotence": True,
+                    "linger.ms": 5,
+                    "message.timeout.ms": 0,  # retry until delivered; the publisher bounds the buffer
+                    "message.max.bytes": MAX_MESSAGE_BYTES + 64 * 1024,
+                    "queue.buffering.max.messages": self._queue_max_messages,
+                    "queue.buffering.max.kbytes": self._queue_max_kbytes,
+                    "partitioner": "murmur2_random",  # the Java client's (and kafka-python's) mapping
+                    "reconnect.backoff.max.ms": 1000,
+                    "logger": log,
+                })
+                self._closing.clear()
+                self._poller = threading.Thread(target=self._poll, name="kafka-delivery", daemon=True)
+                self._poller.start()
+            return self._producer
+
+    def _poll(self) -> None:
+        """Serve delivery reports (they run the callbacks) until closed."""
+        while not self._closing.is_set():
+            producer = self._producer
+            if producer is None:
+                return
+            producer.poll(0.1)
 
     def ensure_topics(self, topics: list[str], partitions: int) -> None:
         admin = KafkaAdminClient(bootstrap_servers=self._bootstrap, client_id="signwatch-admin")
@@ -116,40 +156,47 @@ class KafkaBus:
         self, topic: str, key: str, value: bytes, on_delivery: DeliveryCallback | None = None
     ) -> None:
         if len(value) > MAX_MESSAGE_BYTES:
-            raise PublishError(f"message of {len(value)} bytes exceeds {MAX_MESSAGE_BYTES}")
+            raise MessageTooLarge(f"message of {len(value)} bytes exceeds {MAX_MESSAGE_BYTES}")
+
+        def report(err, _msg) -> None:
+            if on_delivery:
+                on_delivery(None if err is None else PublishError(str(err)))
+
         try:
-            future = self.producer.send(topic, key=key.encode(), value=value)
-        except KafkaError as exc:
+            self.producer.produce(topic, value=value, key=key.encode(), on_delivery=report)
+        except BufferError as exc:  # the client's queue is full: the caller retries later
+            raise PublishError(f"producer queue full: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - KafkaException and friends
             if on_delivery:
                 on_delivery(exc)
                 return
             raise PublishError(str(exc)) from exc
-        if on_delivery:
-            future.add_callback(lambda _meta: on_delivery(None))
-            future.add_errback(on_delivery)
 
     def flush(self, timeout_s: float = 10.0) -> None:
         if self._producer is None:
             return
-        try:
-            self._producer.flush(timeout=timeout_s)
-        except KafkaError as exc:
-            raise PublishError(str(exc)) from exc
+        left = self._producer.flush(timeout_s)
+        if left:
+            raise PublishError(f"{left} messages not delivered within {timeout_s}s")
 
     def consumer(self, topics: list[str], group: str) -> KafkaConsumerAdapter:
         return KafkaConsumerAdapter(self._bootstrap, topics, group)
 
-    def ping(self) -> bool:
+    def ping(self, timeout_s: float = 1.0) -> bool:
+        """True when a broker answers a metadata request now (not from the client's cache)."""
         try:
-            return bool(self.producer.bootstrap_connected()) or bool(
-                self.producer.partitions_for("__consumer_offsets") is not None
-            )
+            metadata = self.producer.list_topics(timeout=timeout_s)
+            return bool(metadata.brokers)
         except Exception:  # noqa: BLE001 - readiness answers yes or no
             return False
 
     def close(self) -> None:
-        if self._producer is not None:
+        producer = self._producer
+        if producer is not None:
             try:
-                self._producer.close(timeout=5)
+                producer.flush(5)
             finally:
+                self._closing.set()
+                if self._poller is not None:
+                    self._poller.join(2)
                 self._producer = None

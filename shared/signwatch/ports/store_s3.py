@@ -37,6 +37,14 @@ class S3Store:
                 read_timeout=30,
             ),
         )
+        # Readiness asks the server now, quickly, once: no retries, short timeouts (a down or hung
+        # S3 answers "not ready" within about two seconds instead of after the data client's retries).
+        self._probe = boto3.client(
+            "s3", endpoint_url=endpoint, aws_access_key_id=access_key, aws_secret_access_key=secret_key,
+            region_name=region,
+            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1, "mode": "standard"},
+                          connect_timeout=1, read_timeout=1),
+        )
         self._create_bucket = create_bucket
         self._bucket_checked = False
 
@@ -96,9 +104,17 @@ class S3Store:
         return f"s3://{self.bucket}/{key}"
 
     def ping(self) -> bool:
+        """True when the bucket answers a HEAD now."""
         try:
+            self._probe.head_bucket(Bucket=self.bucket)
+            return True
+        except ClientError as exc:
+            if self._bucket_checked or exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket"):
+                return False
+        except BotoCoreError:
+            return False
+        try:  # the server answers but the bucket is missing: create it, as put would
             self._ensure_bucket()
-            self._client.head_bucket(Bucket=self.bucket)
             return True
         except (ClientError, BotoCoreError):
             return False
