@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from prometheus_client import CollectorRegistry, Counter
+
 from signwatch.capture import CaptureBatcher
 from signwatch.config import Settings
 from signwatch.consuming import ConsumerLoop
@@ -17,6 +19,14 @@ GROUP = "signwatch-capture"
 @dataclass
 class CaptureHandler:
     batcher: CaptureBatcher
+    registry: CollectorRegistry | None = None
+
+    def __post_init__(self) -> None:
+        registry = self.registry or CollectorRegistry()
+        self.records = Counter("signwatch_capture_records_total", "Capture records written to the store",
+                               registry=registry)
+        self.files = Counter("signwatch_capture_files_total", "Capture files written to the store",
+                             registry=registry)
 
     def process(self, message: Message) -> None:
         self.batcher.add(message, parse_event(message.value, InferenceEvent))
@@ -25,7 +35,10 @@ class CaptureHandler:
         return self.batcher.due()
 
     def flush(self) -> None:
-        self.batcher.flush()
+        before = self.batcher.records_written
+        keys = self.batcher.flush()
+        self.records.inc(self.batcher.records_written - before)
+        self.files.inc(len(keys))
 
 
 def build_loop(settings: Settings, ports: Ports | None = None, registry=None) -> ConsumerLoop:
@@ -37,6 +50,8 @@ def build_loop(settings: Settings, ports: Ports | None = None, registry=None) ->
         sampling_percentage=settings.capture_sampling_percentage,
         max_records=settings.capture_batch_records,
         max_age_s=settings.capture_flush_seconds,
+        max_bytes=settings.capture_batch_bytes,
     )
-    return ConsumerLoop(ports.bus, [settings.inference_topic], GROUP, CaptureHandler(batcher), registry=registry,
+    return ConsumerLoop(ports.bus, [settings.inference_topic], GROUP, CaptureHandler(batcher, registry),
+                        registry=registry,
                         poll_timeout_ms=settings.poll_timeout_ms)

@@ -3,9 +3,10 @@
 
 - ``should_sample``: deterministic from the event id, so every replica and every replay agrees.
 - ``capture_record``: one SageMaker JSON-lines record for an inference event.
-- ``CaptureBatcher``: groups records by hour folder and Kafka partition; each file is named by
-  the partition and the first offset it covers, so a rewrite after a crash (which restarts at the
-  last committed offset) replaces the file instead of duplicating records.
+- ``CaptureBatcher``: groups records by hour folder and Kafka partition, flushed by count, bytes
+  or age; each file is named by the partition and the first offset it covers, so a rewrite after
+  a crash (which restarts at the last committed offset) replaces the file instead of duplicating
+  records. The consumer loop commits only after the flush wrote every file.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from signwatch.events import InferenceEvent
+from signwatch.events import InferenceEvent, PoisonMessage
 from signwatch.ports.bus import Message
-from signwatch.ports.store import ObjectStore
+from signwatch.ports.store import ObjectNotFound, ObjectStore
 from signwatch.publishing import resolve_input
 
 
@@ -32,26 +33,32 @@ def should_sample(event_id: str, percentage: float) -> bool:
 
 
 def capture_record(event: InferenceEvent, raw_input: bytes) -> dict:
+    """SageMaker's record: the content type the client sent, the response bytes it received, its
+    custom attributes; ``inferenceId`` only when the client gave one (as SageMaker writes it)."""
+    response = event.response
+    metadata = {"eventId": event.event_id}
+    if event.inference_id is not None:
+        metadata["inferenceId"] = event.inference_id
+    metadata["inferenceTime"] = event.time.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if event.custom_attributes is not None:
+        metadata["customAttributes"] = event.custom_attributes
     return {
         "captureData": {
             "endpointInput": {
-                "observedContentType": event.input.content_type,
+                "observedContentType": event.input.observed_content_type or event.input.content_type,
                 "mode": "INPUT",
                 "data": base64.b64encode(raw_input).decode(),
                 "encoding": "BASE64",
             },
             "endpointOutput": {
-                "observedContentType": "application/json",
+                "observedContentType": response.content_type if response else "application/json",
                 "mode": "OUTPUT",
-                "data": event.output.model_dump_json(),
+                # the bytes the client received (v2 events carry them); v1: the output re-serialised
+                "data": response.data if response else event.output.model_dump_json(),
                 "encoding": "JSON",
             },
         },
-        "eventMetadata": {
-            "eventId": event.event_id,
-            "inferenceId": event.inference_id,
-            "inferenceTime": event.time.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        },
+        "eventMetadata": metadata,
         "eventVersion": "0",
     }
 
@@ -76,11 +83,13 @@ class CaptureBatcher:
     sampling_percentage: float = 100.0
     max_records: int = 100
     max_age_s: float = 5.0
+    max_bytes: int = 8 * 1024 * 1024  # buffered lines: memory stays bounded whatever the input sizes
     clock: callable = time.monotonic
 
     def __post_init__(self) -> None:
         self._files: dict[tuple[str, int, str], _File] = {}
         self._buffered = 0
+        self._buffered_bytes = 0
         self._opened_at: float | None = None
         self.written: list[str] = []
         self.records_written = 0
@@ -95,14 +104,20 @@ class CaptureBatcher:
         file = self._files.setdefault(group, _File(message.offset, event))
         if not should_sample(event.event_id, self.sampling_percentage):
             return
-        raw = resolve_input(event.input, self.store)
-        file.lines.append(json.dumps(capture_record(event, raw), separators=(",", ":")))
+        try:
+            raw = resolve_input(event.input, self.store)
+        except (ObjectNotFound, ValueError) as exc:  # the claim check is gone or its bytes differ
+            raise PoisonMessage(f"input of event {event.event_id} cannot be read: {exc}") from exc
+        line = json.dumps(capture_record(event, raw), separators=(",", ":"))
+        file.lines.append(line)
         self._buffered += 1
+        self._buffered_bytes += len(line) + 1
 
     def due(self) -> bool:
         if self._opened_at is None:
             return False
-        return self._buffered >= self.max_records or self.clock() - self._opened_at >= self.max_age_s
+        return (self._buffered >= self.max_records or self._buffered_bytes >= self.max_bytes
+                or self.clock() - self._opened_at >= self.max_age_s)
 
     def flush(self) -> list[str]:
         keys = []
@@ -115,6 +130,7 @@ class CaptureBatcher:
             self.records_written += len(file.lines)
         self._files.clear()
         self._buffered = 0
+        self._buffered_bytes = 0
         self._opened_at = None
         self.written.extend(keys)
         return keys

@@ -172,6 +172,8 @@ class ConsumerLoop:
             except _Stopped:
                 return 0  # this message and the rest of the batch stay uncommitted
             self._uncommitted.append(message)
+            if self.handler.due():  # a count or byte bound reached mid-batch: durable now, memory bounded
+                self._commit()
         if self._uncommitted and self.handler.due():
             self._commit()
         lag = getattr(self._consumer, "lag", None)  # adapters that know it (Kafka)

@@ -81,3 +81,79 @@ def test_unreadable_lines_are_counted():
     good = json.dumps({"captureData": {"endpointOutput": {"data": "{}"}}})
     records, bad = read_capture_lines(f"{good}\nnot json\n{{}}\n".encode())
     assert len(records) == 1 and bad == 2
+
+
+# The example record of SageMaker's data-capture docs ("Capture data from real-time endpoint",
+# https://docs.aws.amazon.com/sagemaker/latest/dg/model-monitor-data-capture-endpoint.html), one line:
+SAGEMAKER_EXAMPLE = json.loads(
+    '{"captureData":{"endpointInput":{"observedContentType":"text/csv","mode":"INPUT",'
+    '"data":"69,0,153.7,109,194.0,105,256.1,114,14.1,6,1,0,0,0,0\\n","encoding":"CSV"},'
+    '"endpointOutput":{"observedContentType":"text/csv; charset=utf-8","mode":"OUTPUT",'
+    '"data":"0.0254181120544672","encoding":"CSV"}},'
+    '"eventMetadata":{"eventId":"aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee","inferenceTime":"2022-02-14T17:25:49Z"},'
+    '"eventVersion":"0"}')
+
+
+def test_a_record_matches_sagemakers_documented_record_field_by_field(tmp_path):
+    """Served through the app: content type as sent, the response bytes as received, no inferenceId."""
+    from fastapi.testclient import TestClient
+
+    from signwatch.config import Settings
+    from signwatch.events import InferenceEvent
+    from signwatch.runtime import open_ports
+    from signwatch_services.inference.server import build_core, create_app
+    from tests.unit.helpers import png_bytes
+
+    settings = Settings(bus_url="memory://capture-fidelity", store_url=tmp_path.as_uri(), state_url="memory://")
+    ports = open_ports(settings)
+    core = build_core(settings, ports)
+    body = png_bytes(size=24)
+    with TestClient(create_app(core)) as client:
+        r = client.post("/invocations", content=body, headers={
+            "content-type": "application/octet-stream", "X-Amzn-SageMaker-Custom-Attributes": "camera=7"})
+        assert r.status_code == 200
+        core.publisher.drain()
+    core.close()
+    [message] = ports.bus.consumer([settings.inference_topic], "fidelity").poll(timeout_ms=200)
+    record = capture_record(InferenceEvent.model_validate_json(message.value), body)
+
+    def shape(node):  # the keys at every level and the JSON type of every leaf
+        return {k: shape(v) for k, v in node.items()} if isinstance(node, dict) else type(node).__name__
+
+    ours, theirs = shape(record), shape(SAGEMAKER_EXAMPLE)
+    theirs["eventMetadata"]["customAttributes"] = "str"  # present because the client sent some
+    assert ours == theirs  # in particular no "inferenceId": the client gave none
+    for side in ("endpointInput", "endpointOutput"):
+        assert record["captureData"][side]["mode"] == SAGEMAKER_EXAMPLE["captureData"][side]["mode"]
+    assert record["eventVersion"] == SAGEMAKER_EXAMPLE["eventVersion"]
+    fmt = "%Y-%m-%dT%H:%M:%SZ"
+    from datetime import datetime
+    datetime.strptime(SAGEMAKER_EXAMPLE["eventMetadata"]["inferenceTime"], fmt)
+    datetime.strptime(record["eventMetadata"]["inferenceTime"], fmt)  # same format
+    assert record["captureData"]["endpointInput"]["observedContentType"] == "application/octet-stream"
+    assert base64.b64decode(record["captureData"]["endpointInput"]["data"]) == body
+    assert record["captureData"]["endpointOutput"]["data"].encode() == r.content  # exactly the bytes sent back
+    assert record["eventMetadata"]["customAttributes"] == "camera=7"
+    assert record["eventMetadata"]["eventId"] == r.headers["X-Signwatch-Event-Id"]
+
+
+def test_batches_are_due_by_bytes_too(tmp_path):
+    store = FileStore(tmp_path)
+    batcher = CaptureBatcher(store=store, max_records=1000, max_age_s=3600, max_bytes=4096)
+    events = [inference_event() for _ in range(10)]
+    for m, e in zip(_messages(events), events):
+        batcher.add(m, e)
+        if batcher.due():
+            break
+    assert batcher.due() and batcher._buffered < 10
+
+
+def test_a_missing_claim_check_is_poison(tmp_path):
+    import pytest
+
+    from signwatch.events import PoisonMessage
+
+    event = inference_event()
+    event = event.model_copy(update={"input": event.input.model_copy(update={"data": None, "ref": "inputs/gone.png"})})
+    with pytest.raises(PoisonMessage):
+        CaptureBatcher(store=FileStore(tmp_path)).add(_messages([event])[0], event)
