@@ -24,6 +24,8 @@ def _mount_subapps() -> None:
     app.add_typer(stack_app, name="stack", help="Local Kafka, Redis and S3 servers.")
     app.add_typer(data_app, name="data", help="Render the look-alike traffic-sign data set.")
     app.add_typer(attack_app, name="attack", help="Targeted adversarial images (default: Stop).")
+    from signwatch.debugger.cli import debugger_app
+    app.add_typer(debugger_app, name="debugger", help="Recorded tensors: export them (smdebug layout).")
 
 
 class Service(str, Enum):

@@ -47,7 +47,8 @@ def build_core(settings: Settings, ports: Ports | None = None) -> InferenceCore:
     model = model.to(memory_format=torch.channels_last)  # see Classifier.predict
     registry = CollectorRegistry()
     # Off until switched on at run time through PUT /admin/debugger (services/inference/admin.py).
-    debugger = Debugger(store=ports.store, endpoint=settings.endpoint, registry=registry)
+    debugger = Debugger(store=ports.store, endpoint=settings.endpoint, registry=registry,
+                        worker=settings.debugger_worker)
     classifier = Classifier(model=model, spec=spec, top_k=settings.top_k, debugger=debugger)
     publisher = EventPublisher(
         bus=ports.bus, store=ports.store, topic=settings.inference_topic, registry=registry,

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
         64 * 1024, description="inputs larger than this travel by claim check in the store"
     )
     admin_token: SecretStr | None = Field(None, description="bearer token for /admin endpoints")
+    debugger_worker: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9.-]{1,100}$",
+        description="this replica's worker name in debugger steps (default hostname-pid)")
 
     # Capture service.
     capture_prefix: str = "datacapture"
