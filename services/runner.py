@@ -14,6 +14,7 @@ requests submitted (inference's lifespan); then the ports close. The pod's
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 
@@ -44,6 +45,14 @@ class _ConsumersFirstServer(uvicorn.Server):
         super().__init__(config)
         self.loops, self.threads = loops, threads
         self._stopping = False
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        with super().capture_signals():
+            yield
+            # uvicorn re-raises the stop signal once served, which would kill the process before
+            # the ``finally`` below closes the ports; a graceful stop exits 0 instead.
+            self._captured_signals.clear()
 
     def handle_exit(self, sig, frame) -> None:
         if self._stopping:  # a second signal: uvicorn's forced exit
@@ -85,12 +94,14 @@ def serve(service: str, settings: Settings) -> None:
 
         loops.append(build_loop(settings, core.spec if core else None, ports, registry=registry))
     if service in ("explainer", "all"):
+        from signwatch_services.explainer.dashboard import dashboard_router, explainer_dashboard
         from signwatch_services.explainer.routes import explain_router
         from signwatch_services.explainer.server import build_explainer, build_loop
 
         explainer = build_explainer(settings, ports)
         loops.append(build_loop(settings, ports, explainer, registry=registry))
         routers.append(explain_router(explainer, settings.max_body_bytes, settings.max_image_side))
+        routers.append(dashboard_router(explainer_dashboard(settings, ports, explainer.spec)))
 
     threads = [loop.start_thread() for loop in loops]
     try:

@@ -1,0 +1,76 @@
+"""The dashboard's data: the monitor's snapshot and the explainer's reports, one document."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from signwatch.dashboard import DashboardReader, summarize_snapshot
+from signwatch.ports.state_memory import MemoryState
+from signwatch.ports.store_file import FileStore
+from signwatch_services.explainer.dashboard import dashboard_router
+
+SNAPSHOT = {
+    "endpoint": "ep", "time": "2026-12-01T20:00:00+00:00", "baseline_id": "b1", "model_version": "m1",
+    "window": {"seconds": 300, "total": 40, "class_counts": {"14": 30, "1": 10}, "low_confidence_share": 0.1},
+    "baseline": {"class_shares": {"14": 0.02, "1": 0.05, "2": 0.05}, "low_confidence_share": 0.05},
+    "drift": {"chi2": {"statistic": 812.5, "p_value": 1e-9}, "linf": {"statistic": 0.73}},
+    "estimated_accuracy": 0.41,
+    "episodes": [{"check": "over_prediction", "feature": "PredictedClass", "state": "open",
+                  "violation_id": "v1", "since": "2026-12-01T19:59:00+00:00"}],
+}
+
+
+def _report(store, vid, endpoint, time):
+    store.put(f"explanations/{vid}/e1.png", b"\x89PNG\r\n\x1a\nfake", "image/png")
+    store.put(f"explanations/{vid}/report.json", json.dumps({
+        "violation_id": vid, "endpoint": endpoint, "time": time, "method": "fullgrad",
+        "check": {"feature_name": "PredictedClass", "constraint_check_type": "baseline_drift_check",
+                  "description": "Class 14 (Stop) predicted"},
+        "looks_away_count": 1,
+        "samples": [{"key": f"explanations/{vid}/e1.png", "label": "Stop", "probability": 0.9,
+                     "looks_away": True}]}).encode(), "application/json")
+
+
+def test_snapshot_summary_puts_live_shares_beside_the_baseline():
+    s = summarize_snapshot(SNAPSHOT, ("c0", "c1", "c2") + ("x",) * 11 + ("Stop",))
+    by_id = {c["class_id"]: c for c in s["classes"]}
+    assert by_id[14] == {"class_id": 14, "label": "Stop", "count": 30, "share": 0.75, "baseline_share": 0.02}
+    assert by_id[2]["count"] == 0 and by_id[2]["baseline_share"] == 0.05
+    assert s["drift"]["chi2"] == {"statistic": 812.5, "p_value": 1e-9}
+    assert s["total"] == 40 and s["low_confidence_share"] == 0.1 and s["episodes"][0]["state"] == "open"
+
+
+def test_a_missing_or_partial_snapshot_still_gives_a_document():
+    assert summarize_snapshot(None)["classes"] == [] and summarize_snapshot(None)["drift"] == {}
+    partial = summarize_snapshot({"window": {"class_counts": {"3": 2}}})
+    assert partial["total"] == 2 and partial["classes"][0]["baseline_share"] is None
+
+
+def test_reader_and_routes_show_this_endpoints_violations_newest_first(tmp_path):
+    state, store = MemoryState(), FileStore(tmp_path)
+    state.set_value("signwatch:snapshot:ep", json.dumps(SNAPSHOT), 60)
+    _report(store, "old", "ep", "2026-12-01T19:00:00+00:00")
+    _report(store, "new", "ep", "2026-12-01T20:00:00+00:00")
+    _report(store, "other", "someone-else", "2026-12-01T21:00:00+00:00")
+    store.put("explanations/broken/report.json", b"{not json", "application/json")
+    reader = DashboardReader(state, store, "ep", "explanations", model_version="fallback")
+    app = FastAPI()
+    app.include_router(dashboard_router(reader))
+    client = TestClient(app)
+    page = client.get("/dashboard")
+    assert page.status_code == 200 and "dashboard/data" in page.text and "setInterval" in page.text
+    data = client.get("/dashboard/data").json()
+    assert [v["violation_id"] for v in data["violations"]] == ["new", "old"]
+    assert data["model_version"] == "m1" and data["monitor"]["baseline_id"] == "b1"
+    key = data["violations"][0]["panels"][0]["key"]
+    png = client.get("/dashboard/panel", params={"key": key})
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    for bad in ("explanations/new/report.json", "datacapture/x.png", "explanations/../secret.png",
+                "explanations/none/missing.png"):
+        r = client.get("/dashboard/panel", params={"key": bad})
+        assert r.status_code == 404 and r.json()["error"]["message"], bad
+    _report(store, "newest", "ep", "2026-12-01T20:30:00+00:00")  # a later poll sees it
+    assert client.get("/dashboard/data").json()["violations"][0]["violation_id"] == "newest"
