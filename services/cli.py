@@ -19,11 +19,14 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
 def _mount_subapps() -> None:
     from signwatch.attacks.cli import attack_app
     from signwatch.data.cli import data_app
+    from signwatch.monitoring.cli import baseline_app, monitor_app
     from signwatch.stack.cli import stack_app
 
     app.add_typer(stack_app, name="stack", help="Local Kafka, Redis and S3 servers.")
     app.add_typer(data_app, name="data", help="Render the look-alike traffic-sign data set.")
     app.add_typer(attack_app, name="attack", help="Targeted adversarial images (default: Stop).")
+    app.add_typer(baseline_app, name="baseline", help="Baselines for the monitor (SageMaker's shapes).")
+    app.add_typer(monitor_app, name="monitor", help="The scheduled monitoring job over captured files.")
     from signwatch.debugger.cli import debugger_app
     app.add_typer(debugger_app, name="debugger", help="Recorded tensors: export them (smdebug layout).")
 
@@ -210,41 +213,6 @@ def saliency_evaluate(
     for name, row in table.items():
         typer.echo(f"{name:<18}{row['least_removed_change']['0.1']:>18.4f}"
                    f"{row['most_removed_drop']['0.1']:>16.4f}{row['deletion_auc']:>14.4f}")
-
-
-monitor_app = typer.Typer(no_args_is_help=True, help="Monitoring jobs.")
-app.add_typer(monitor_app, name="monitor")
-
-
-@monitor_app.command("batch")
-def monitor_batch(
-    prefix: str = typer.Option("datacapture", help="capture prefix in the store"),
-    output: str = typer.Option("monitoring/constraint_violations.json",
-                               help="store key of the violations report"),
-) -> None:
-    """The scheduled job: check captured files and write constraint_violations.json.
-
-    Exit status: 0 no violation, 2 violations found (so a scheduler can alert), 1 nothing to check.
-    """
-    from signwatch.model import ModelSpec
-    from signwatch.monitoring import Rules, run_batch
-    from signwatch.ports.store import check_key
-
-    try:
-        check_key(output)
-    except ValueError as exc:
-        raise fail(str(exc))
-    settings = load_settings()
-    ports = open_ports_or_fail(settings)
-    keys = [k for k in ports.store.list(prefix) if k.endswith(".jsonl")]
-    if not keys:
-        raise fail(f"no capture files under {prefix!r}", 1)
-    report = run_batch([ports.store.get(k) for k in keys], Rules.from_settings(settings),
-                       ModelSpec().class_names)
-    uri = ports.store.put(output, json.dumps({"violations": report["violations"]}, indent=2).encode(),
-                          "application/json")
-    typer.echo(json.dumps(report | {"files": len(keys), "report": uri}, indent=2))
-    raise typer.Exit(2 if report["violations"] else 0)
 
 
 _mount_subapps()

@@ -26,6 +26,8 @@ class ExplainerHandler:
 
     def process(self, message: Message) -> None:
         violation = parse_event(message.value, ViolationEvent)
+        if violation.state != "open":
+            return  # a resolved episode: nothing new to explain
         explanation = self.explainer.explain(violation)
         publish_and_wait(self.bus, self.topic, explanation.violation_id, explanation.to_bytes())
         log.info("explained violation %s: %s", violation.violation_id, explanation.report)

@@ -67,16 +67,22 @@ class Settings(BaseSettings):
     capture_flush_seconds: float = Field(5.0, gt=0)
     capture_batch_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="buffered capture bytes, at most")
 
-    # Monitor service.
-    monitor_share_threshold: float = Field(0.5, gt=0, le=1)
-    monitor_min_predictions: int = Field(20, ge=1)
-    monitor_low_confidence: float = Field(0.5, ge=0, le=1)
-    monitor_low_confidence_share: float = Field(0.5, gt=0, le=1)
-    monitor_window_seconds: int = Field(3600, ge=1)
-    monitor_bucket_seconds: int = Field(60, ge=1)
-    monitor_cooldown_seconds: int = Field(3600, ge=0)
+    # Monitor service (docs/monitoring.md). Thresholds default to the baseline's constraints.json;
+    # the ones set here override it.
+    monitor_share_threshold: float | None = Field(None, gt=0, le=1, description="over-prediction share (0.5)")
+    monitor_min_predictions: int | None = Field(None, ge=1, description="min window for over-prediction (20)")
+    monitor_min_drift: int | None = Field(None, ge=20, description="min window for the drift tests (100)")
+    monitor_alpha_per_day: float | None = Field(None, gt=0, lt=1, description="false-alarm budget a day (0.01)")
+    monitor_low_confidence: float | None = Field(None, ge=0, le=1, description="top-3 all below this (0.5)")
+    monitor_window_seconds: int = Field(300, ge=10, description="time window")
+    monitor_bucket_seconds: int = Field(10, ge=1)
+    monitor_count_window: int = Field(200, ge=20, le=10_000, description="the last N predictions")
+    monitor_check_every_events: int = Field(50, ge=1)
+    monitor_check_interval_seconds: float = Field(1.0, gt=0)
+    monitor_resolve_after_seconds: float = Field(120.0, ge=0, description="passing this long ends an episode")
     monitor_samples_per_class: int = Field(8, ge=1, le=64)
 
+    monitor_baseline_prefix: str | None = Field(None, description="store prefix (default baselines/{endpoint})")
     # Explainer service.
     explanations_prefix: str = "explanations"
     explainer_method: str = Field("fullgrad", pattern="^(fullgrad|input_x_gradient|gradcam)$")

@@ -35,8 +35,19 @@ TRANSIENT = {
 }
 
 
+# Errors that no retry can mend (a message over the broker's limit), even though they derive
+# from a transient one: counted as failures, then dead-lettered, never retried forever.
+PERMANENT = {"signwatch.ports.bus.MessageTooLarge", "kafka.errors.MessageSizeTooLargeError"}
+
+
+def _names(exc: BaseException) -> set[str]:
+    return {f"{c.__module__}.{c.__qualname__}" for c in type(exc).__mro__}
+
+
 def is_transient(exc: BaseException) -> bool:
-    return any(f"{c.__module__}.{c.__qualname__}" in TRANSIENT for c in type(exc).__mro__)
+    if _names(exc) & PERMANENT or (exc.__cause__ is not None and _names(exc.__cause__) & PERMANENT):
+        return False
+    return bool(_names(exc) & TRANSIENT)
 
 
 class _Stopped(Exception):
@@ -86,6 +97,7 @@ class ConsumerLoop:
         max_attempts: int = 8,
         backoff_s: float = 0.2,
         max_backoff_s: float = 5.0,
+        stall_s: float = 300.0,
     ) -> None:
         self.bus = bus
         self.topics = topics
@@ -102,6 +114,8 @@ class ConsumerLoop:
         self.messages = _messages_counter(registry)
         self.lag = _lag_gauge(registry).labels(group)
         self.processed = 0
+        self.stall_s = stall_s
+        self.progress_at = time.monotonic()  # the last poll, or message done: see live()
 
     def _dead_letter(self, message: Message, reason: str) -> None:
         self.messages.labels(self.group, "dead_lettered").inc()
@@ -135,6 +149,7 @@ class ConsumerLoop:
             try:
                 self.handler.process(message)
                 self.messages.labels(self.group, "processed").inc()
+                self.progress_at = time.monotonic()
                 return
             except PoisonMessage as exc:
                 self._dead_letter(message, str(exc))
@@ -164,6 +179,8 @@ class ConsumerLoop:
         if self._consumer is None:
             self._consumer = self.bus.consumer(self.topics, self.group)
         messages = self._consumer.poll(timeout_ms=self.poll_timeout_ms)
+        if not self._uncommitted:
+            self.progress_at = time.monotonic()  # idle or caught up: nothing is stuck
         for message in messages:
             if self.stopping.is_set():
                 break  # stopping: the rest of the batch stays uncommitted for the next consumer
@@ -200,10 +217,26 @@ class ConsumerLoop:
                 self._consumer.close()
                 self._consumer = None
 
+    def live(self) -> bool:
+        """False when the loop made no progress for ``stall_s`` (stuck retrying, or polling fails)."""
+        return time.monotonic() - self.progress_at < self.stall_s
+
     def stop(self) -> None:
         self.stopping.set()
 
     def start_thread(self) -> threading.Thread:
-        thread = threading.Thread(target=self.run, name=f"consumer-{self.group}", daemon=True)
+        thread = _ConsumerThread(self)
         thread.start()
         return thread
+
+
+class _ConsumerThread(threading.Thread):
+    """The loop's thread; ``is_alive()`` (what /health/live asks) is also False once the loop
+    stalled, so that a consumer stuck on one message is restarted rather than trusted."""
+
+    def __init__(self, loop: ConsumerLoop) -> None:
+        super().__init__(target=loop.run, name=f"consumer-{loop.group}", daemon=True)
+        self.loop = loop
+
+    def is_alive(self) -> bool:
+        return super().is_alive() and self.loop.live()

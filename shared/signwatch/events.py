@@ -111,29 +111,62 @@ class ViolationCheck(BaseModel):
 
 
 class ViolationSample(BaseModel):
+    """An input behind a violation, by reference: the bytes live in the object store (v2)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     event_id: str
-    input: InputPayload
+    ref: str = Field(description="object-store key of the request bytes")
+    sha256: str
+    size: int
+    content_type: str
     predicted_class: int
     probability: float
 
 
+class ViolationWindow(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["time", "count", "batch"]
+    seconds: int | None = None
+    size: int | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+
+
+# A violation is small whatever the images and the number of samples: samples are references.
+MAX_VIOLATION_SAMPLES = 64
+MAX_VIOLATION_BYTES = 64 * 1024
+
+
 class ViolationEvent(_Event):
-    schema_: Literal["signwatch.violation/v1"] = Field(
-        "signwatch.violation/v1", alias="schema", serialization_alias="schema"
+    """A check that failed (``state="open"``, once per episode) or passed again (``"resolved"``)."""
+
+    schema_: Literal["signwatch.violation/v2"] = Field(
+        "signwatch.violation/v2", alias="schema", serialization_alias="schema"
     )
     violation_id: str = Field(default_factory=new_id)
+    state: Literal["open", "resolved"] = "open"
     time: datetime = Field(default_factory=utc_now)
     endpoint: str
     variant: str
+    model_version: str | None = None
     check: ViolationCheck
+    check_name: str = Field("over_prediction", description="which signwatch check: over_prediction, ...")
     class_id: int | None = None
     share: float | None = None
+    observed: float | None = Field(None, description="the observed value (a share, a distance)")
+    statistic: float | None = None
+    p_value: float | None = None
+    threshold: float | None = None
     count: int
     total: int
     window_seconds: int
-    samples: list[ViolationSample] = []
+    window: ViolationWindow | None = None
+    baseline_id: str | None = None
+    tipped_at: datetime | None = Field(None, description="time of the event that tipped the check")
+    report: str | None = Field(None, description="object-store key of constraint_violations.json")
+    samples: list[ViolationSample] = Field([], max_length=MAX_VIOLATION_SAMPLES)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

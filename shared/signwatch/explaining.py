@@ -12,6 +12,7 @@ objects. Maps whose saliency mass lies mostly outside the sign are flagged, as t
 
 from __future__ import annotations
 
+import hashlib
 import html
 import io
 import json
@@ -22,16 +23,23 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from signwatch.events import ExplanationEvent, ViolationEvent
+from signwatch.events import ExplanationEvent, ViolationEvent, ViolationSample
 from signwatch.imaging import ImageError, decode_image
 from signwatch.model import ModelSpec, preprocess
 from signwatch.ports.store import ObjectStore
-from signwatch.publishing import resolve_input
 from signwatch.saliency import fullgrad, gradcam, input_x_gradient
 from signwatch.saliency.render import overlay, side_by_side
 
 METHODS = ("fullgrad", "input_x_gradient", "gradcam")
 LOOKS_AWAY_SHARE = 0.5
+
+
+def load_sample(sample: ViolationSample, store: ObjectStore) -> bytes:
+    """The request bytes behind a violation sample (a store reference), integrity-checked."""
+    raw = store.get(sample.ref)
+    if hashlib.sha256(raw).hexdigest() != sample.sha256:
+        raise ValueError("sample bytes do not match the violation's sha256")
+    return raw
 
 
 def original_key(sha256: str) -> str:
@@ -144,8 +152,8 @@ class Explainer:
         images, originals, samples, skipped = [], [], [], []
         for sample in violation.samples:
             try:
-                images.append(decode_image(resolve_input(sample.input, self.store), sample.input.content_type))
-                originals.append(self._original(sample.input.sha256))
+                images.append(decode_image(load_sample(sample, self.store), sample.content_type))
+                originals.append(self._original(sample.sha256))
                 samples.append(sample)
             except (ImageError, ValueError, KeyError) as exc:
                 skipped.append({"event_id": sample.event_id, "reason": str(exc)})

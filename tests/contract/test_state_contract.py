@@ -36,3 +36,15 @@ def test_keys_expire(state, unique):
     flag = f"t:{unique}:short"
     assert state.set_once(flag, 1)
     wait_until(lambda: state.set_once(flag, 1), timeout_s=5, interval_s=0.1, what="expiry")
+
+
+def test_values_are_claimed_once_and_read_back(state, unique):
+    key = f"t:{unique}:episode"
+    assert state.get_value(key) is None
+    assert state.set_value(key, "first", 60, if_absent=True)
+    assert not state.set_value(key, "second", 60, if_absent=True), "a claim is taken once"
+    assert state.get_value(key) == "first"
+    assert state.set_value(key, "updated", 60)
+    assert state.get_value(key) == "updated"
+    state.delete(key)
+    assert state.get_value(key) is None

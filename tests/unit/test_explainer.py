@@ -29,11 +29,18 @@ def _image(seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 255, (64, 64, 3), dtype=np.uint8)
 
 
-def _violation(images, ids=None) -> ViolationEvent:
-    samples = [ViolationSample(event_id=ids[i] if ids else f"e{i}", input=make_input_payload(encode_png(img), "image/png"),
-                               predicted_class=14, probability=0.9) for i, img in enumerate(images)]
-    samples.append(ViolationSample(event_id="broken", input=make_input_payload(b"not an image", "image/png"),
-                                   predicted_class=14, probability=0.9))
+def _sample(store, event_id: str, raw: bytes) -> ViolationSample:
+    """A v2 sample: the bytes in the store, the violation holds the reference and the sha256."""
+    digest = hashlib.sha256(raw).hexdigest()
+    ref = f"inputs/ep/samples/{digest}.png"
+    store.put(ref, raw, "image/png")
+    return ViolationSample(event_id=event_id, ref=ref, sha256=digest, size=len(raw), content_type="image/png",
+                           predicted_class=14, probability=0.9)
+
+
+def _violation(images, ids=None, store=None) -> ViolationEvent:
+    samples = [_sample(store, ids[i] if ids else f"e{i}", encode_png(img)) for i, img in enumerate(images)]
+    samples.append(_sample(store, "broken", b"not an image"))
     return ViolationEvent(endpoint="ep", variant="v", count=30, total=40, window_seconds=3600, class_id=14,
                           check=ViolationCheck(feature_name="PredictedClass", constraint_check_type="baseline_drift_check",
                                                description="Class 14 (Stop) predicted 75.00% of the time"),
@@ -45,7 +52,7 @@ def test_violation_report_panels_and_index_land_in_the_store(tmp_path, model_and
     store = FileStore(tmp_path)
     images = [_image(i) for i in range(3)]
     store.put(original_key(hashlib.sha256(encode_png(images[0])).hexdigest()), encode_png(_image(99)), "image/png")
-    violation = _violation(images)
+    violation = _violation(images, store=store)
     event = Explainer(model, spec, store).explain(violation)
     base = f"explanations/{violation.violation_id}"
     assert event.report == f"{base}/report.json"
@@ -65,7 +72,7 @@ def test_violation_report_panels_and_index_land_in_the_store(tmp_path, model_and
 def test_a_replayed_violation_rewrites_the_same_objects(tmp_path, model_and_spec):
     model, spec = model_and_spec
     store = FileStore(tmp_path)
-    violation = _violation([_image(1)])
+    violation = _violation([_image(1)], store=store)
     first = Explainer(model, spec, store).explain(violation)
     second = Explainer(model, spec, store).explain(violation)
     assert first.objects == second.objects and len(store.list("explanations")) == len(first.objects)

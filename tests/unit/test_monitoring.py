@@ -1,64 +1,229 @@
+"""The monitor's library: features, baseline files, checks, windows, episodes, the job.
+
+Streams here are synthetic (drawn from the shipped baseline's own distributions) and driven on a
+simulated clock with the in-memory state store; tests/integration/test_monitor_stack.py runs
+the model's real outputs through the real servers.
+"""
+
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
 
 from signwatch.capture import capture_record
-from signwatch.monitoring import ClassCounter, Rules, check_counts, run_batch
+from signwatch.events import MAX_VIOLATION_BYTES, InferenceOutput, Prediction, ViolationEvent
+from signwatch.model import ModelSpec
+from signwatch.monitoring import Monitor, MonitorConfig, read_snapshot
+from signwatch.monitoring import baseline as bl
+from signwatch.monitoring.checks import alpha_per_test, ks_p_value, run_checks
+from signwatch.monitoring.features import EDGES, N_BINS, bin_of, features_of
+from signwatch.monitoring.job import batch_counts, keys_in_range, run_job
 from signwatch.ports.state_memory import MemoryState
+from signwatch.ports.store_file import FileStore
 from tests.unit.helpers import inference_event
 
-NAMES = tuple(f"name{i}" for i in range(43))
+NAMES = ModelSpec().class_names
+T0 = 1_800_000_000.0
 
 
-def test_share_above_threshold_is_a_baseline_drift_violation():
-    counts = {"total": 400, "class:14": 322, "class:9": 78}
-    [finding] = check_counts(counts, Rules(), NAMES)
-    assert finding.class_id == 14 and finding.count == 322
-    assert finding.check.constraint_check_type == "baseline_drift_check"
-    assert finding.check.feature_name == "PredictedClass"
-    assert finding.check.description == (
-        "Class 14 (name14) predicted 80.50% of the time: exceeded 50.00% threshold")
+class Clock:
+    def __init__(self) -> None:
+        self.t = T0
+
+    def __call__(self) -> float:
+        return self.t
 
 
-def test_no_violation_below_threshold_or_below_min_predictions():
-    assert check_counts({"total": 100, "class:1": 50, "class:2": 50}, Rules(), NAMES) == []
-    assert check_counts({"total": 19, "class:1": 19}, Rules(), NAMES) == []
+def _event(clock: Clock, class_id: int, p: float, p2: float | None = None, endpoint: str = "ep", **kw):
+    preds = [Prediction(class_id=class_id, label="x", probability=p)]
+    if p2 is not None:
+        preds.append(Prediction(class_id=(class_id + 1) % 43, label="y", probability=p2))
+    e = inference_event(class_id=class_id, probability=p, endpoint=endpoint,
+                        time=datetime.fromtimestamp(clock.t, timezone.utc), **kw)
+    return e.model_copy(update={"output": InferenceOutput(predictions=preds, model_version="test")})
 
 
-def test_low_confidence_share_is_checked():
-    [finding] = check_counts({"total": 40, "class:1": 10, "class:2": 10, "class:3": 10, "class:4": 10,
-                              "low_confidence": 30}, Rules(), NAMES)
-    assert finding.check.feature_name == "Confidence" and finding.class_id is None
+def _monitor(tmp_path, clock, **kw):
+    state = MemoryState(clock=clock)
+    config = MonitorConfig(endpoint="ep", **kw)
+    return Monitor(state, FileStore(tmp_path), config, NAMES, clock=clock), state
 
 
-def test_counter_counts_each_event_once_within_the_window():
-    counter = ClassCounter(MemoryState(), "ep", window_s=600, bucket_s=60)
-    events = [inference_event(class_id=14 if i % 4 else 2, probability=0.3 if i < 5 else 0.9) for i in range(20)]
-    for e in events:
-        assert counter.record(e)
-    assert not counter.record(events[0]), "a replay is not counted twice"
-    now = events[-1].time.timestamp()
-    counts = counter.window_counts(now)
-    assert counts == {"total": 20, "class:14": 15, "class:2": 5, "low_confidence": 5}
-    assert counter.window_counts(now + 3600) == {}, "old buckets leave the window"
-    samples = counter.samples(14)
-    assert len(samples) == 8 and samples[0].event_id == [e for e in events if e.output.predictions[0].class_id == 14][-1].event_id
+def _clean_draw(rng, baseline):
+    """One prediction drawn from the baseline's own class shares and confidence bins."""
+    c = int(rng.choice(43, p=baseline.class_shares))
+    b = int(rng.choice(N_BINS, p=baseline.confidence_counts / baseline.confidence_counts.sum()))
+    p = float(rng.uniform(EDGES[b], EDGES[b + 1]))
+    return c, p
 
 
-def test_events_are_bucketed_by_their_own_time():
-    counter = ClassCounter(MemoryState(), "ep", window_s=120, bucket_s=60)
-    old = inference_event(class_id=1)
-    new = inference_event(class_id=2, time=old.time + timedelta(minutes=10))
-    counter.record(old)
-    counter.record(new)
-    assert counter.window_counts(new.time.timestamp()) == {"total": 1, "class:2": 1}
+def test_features_take_the_top_three_and_the_margin():
+    f = features_of([{"class_id": 3, "probability": 0.4}, {"class_id": 5, "probability": 0.35},
+                     {"class_id": 7, "probability": 0.2}])
+    assert (f.class_id, f.low_confidence) == (3, True) and f.margin == pytest.approx(0.05)
+    assert not features_of([{"class_id": 1, "probability": 0.6}]).low_confidence
+    assert bin_of(0.0) == 0 and bin_of(1.0) == N_BINS - 1 and bin_of(0.95) < bin_of(0.999)
 
 
-def test_batch_job_writes_the_sagemaker_report():
-    lines = [json.dumps(capture_record(inference_event(class_id=14 if i < 30 else 1), b"x")) for i in range(40)]
-    report = run_batch([("\n".join(lines) + "\nbroken\n").encode()], Rules(), NAMES)
-    assert report["total"] == 40 and report["predicted_classes"] == {1: 10, 14: 30}
-    types = [v["constraint_check_type"] for v in report["violations"]]
-    assert types == ["baseline_drift_check", "completeness_check"]
-    assert report["violations"][0]["description"].startswith("Class 14 (name14) predicted 75.00%")
+def test_the_shipped_baseline_loads_and_round_trips_through_suggest():
+    b = bl.load(*bl.shipped_files())
+    assert b.item_count >= 4000 and b.class_counts.sum() == b.item_count
+    assert 0 < b.low_confidence_share < 0.02 and b.accuracy > 0.95 and b.atc_bin is not None
+    assert b.thresholds.over_prediction_share == 0.5
+    rng = np.random.default_rng(1)
+    feats = [features_of([{"class_id": int(c), "probability": 0.99}]) for c in rng.integers(0, 43, 300)]
+    stats, cons = bl.suggest(feats, 43)
+    again = bl.load(stats, cons)
+    assert again.item_count == 300 and again.confidence_counts.sum() == 300
+    assert bl.load(stats, cons, overrides={"over_prediction_share": 0.3}).thresholds.over_prediction_share == 0.3
+    with pytest.raises(ValueError, match="not a usable baseline"):
+        bl.load({"dataset": {}}, cons)
+
+
+def test_alpha_spends_the_daily_budget_over_every_test_of_a_day():
+    assert alpha_per_test(0.01, 1.0) == pytest.approx(0.01 / (10 * 86_400))
+    assert ks_p_value(0.0, 300, 4000) == pytest.approx(1.0)
+    assert ks_p_value(0.3, 300, 4000) < 1e-18
+
+
+def test_over_prediction_names_the_class_as_the_reference_job_did():
+    b = bl.load(*bl.shipped_files())
+    feats = [features_of([{"class_id": 14, "probability": 0.99}])] * 322 + \
+            [features_of([{"class_id": 9, "probability": 0.99}])] * 78
+    results = {r.name: r for r in run_checks(batch_counts(feats, 43), b, 1e-8, NAMES)}
+    r = results["over_prediction"]
+    assert r.failing and r.class_id == 14
+    assert r.description == "Class 14 (Stop) predicted 80.50% of the time: exceeded 50.00% threshold"
+    assert results["class_drift_chi2"].failing and results["class_drift_linf"].failing
+
+
+def test_a_clean_stream_raises_nothing_and_an_attack_is_flagged_in_seconds(tmp_path):
+    clock = Clock()
+    monitor, state = _monitor(tmp_path, clock)
+    rng = np.random.default_rng(7)
+    raised = []
+    for _ in range(2400):  # 40 minutes at 1 request per second
+        clock.t += 1
+        raised += monitor.observe(_event(clock, *_clean_draw(rng, monitor.baseline)))
+    assert raised == [], [v.check.description for v in raised]
+    shift = clock.t
+    first = None
+    for _ in range(240):  # 96% of requests attacked into Stop
+        clock.t += 1
+        c, p = (14, 0.999) if rng.random() < 0.96 else _clean_draw(rng, monitor.baseline)
+        out = monitor.observe(_event(clock, c, p))
+        raised += out
+        if out and first is None:
+            first = clock.t - shift
+    assert first is not None and first <= 30, first
+    over = [v for v in raised if v.check_name == "over_prediction"]
+    assert len(over) == 1 and over[0].class_id == 14, "one violation per episode"
+    assert over[0].schema_ == "signwatch.violation/v2" and over[0].baseline_id == monitor.baseline.baseline_id
+    snap = read_snapshot(state, "ep")
+    assert snap["window"]["class_counts"]["14"] > 100 and snap["baseline_id"] == monitor.baseline.baseline_id
+    assert {e["check"] for e in snap["episodes"] if e["state"] == "open"} >= {"over_prediction"}
+    assert set(snap["drift"]) == {"chi2", "linf", "ks_confidence", "ks_margin"}
+
+
+def test_lower_confidence_is_a_drift_violation_and_the_episode_resolves_then_raises_again(tmp_path):
+    clock = Clock()
+    monitor, _ = _monitor(tmp_path, clock, resolve_after_s=60)
+    rng = np.random.default_rng(3)
+    for _ in range(400):
+        clock.t += 1
+        assert monitor.observe(_event(clock, *_clean_draw(rng, monitor.baseline))) == []
+    raised = []
+    for _ in range(120):  # "snow": confidences drop, a seventh below 0.5
+        clock.t += 1
+        c, p = _clean_draw(rng, monitor.baseline)
+        raised += monitor.observe(_event(clock, c, float(rng.uniform(0.3, 0.9)) if rng.random() < 0.5 else p))
+    checks = {v.check_name for v in raised}
+    assert checks & {"ks_confidence", "low_confidence", "ks_margin"}, checks
+    for _ in range(900):  # clean again: windows clear, then 60 s of passing resolves
+        clock.t += 1
+        raised += monitor.observe(_event(clock, *_clean_draw(rng, monitor.baseline)))
+    resolved = [v for v in raised if v.state == "resolved"]
+    assert {v.violation_id for v in resolved} == {v.violation_id for v in raised if v.state == "open"}
+    again = []
+    for _ in range(120):
+        clock.t += 1
+        again += monitor.observe(_event(clock, 14, 0.999))
+    assert [v for v in again if v.check_name == "class_drift_linf"], "a later episode raises again"
+
+
+def test_two_replicas_on_one_state_raise_one_violation_per_episode(tmp_path):
+    clock = Clock()
+    state = MemoryState(clock=clock)
+    config = MonitorConfig(endpoint="ep")
+    a = Monitor(state, FileStore(tmp_path), config, NAMES, clock=clock)
+    b = Monitor(state, FileStore(tmp_path), config, NAMES, clock=clock)
+    raised = []
+    for i in range(300):
+        clock.t += 0.5
+        raised += (a if i % 2 else b).observe(_event(clock, 14, 0.999))
+    names = [v.check_name for v in raised if v.state == "open"]
+    assert len(names) == len(set(names)) and "over_prediction" in names
+
+
+def test_violations_carry_references_never_payloads_and_stay_small(tmp_path):
+    clock = Clock()
+    store = FileStore(tmp_path)
+    monitor = Monitor(MemoryState(clock=clock), store, MonitorConfig(endpoint="ep", samples_per_class=64), NAMES,
+                      clock=clock)
+    big = bytes(np.random.default_rng(0).integers(0, 255, 60_000, dtype=np.uint8))
+    from signwatch.publishing import make_input_payload
+
+    raised = []
+    for _ in range(200):
+        clock.t += 1
+        e = _event(clock, 14, 0.999).model_copy(update={"input": make_input_payload(big, "image/png")})
+        raised += monitor.observe(e)
+    v = next(v for v in raised if v.check_name == "over_prediction")
+    assert v.samples and len(v.to_bytes()) <= MAX_VIOLATION_BYTES
+    assert all(store.get(s.ref) == big and s.size == len(big) for s in v.samples)
+    assert "data" not in json.loads(v.to_bytes())["samples"][0]
+    report = json.loads(store.get(v.report))
+    assert report == {"violations": [v.check.model_dump()]}
+    assert ViolationEvent.model_validate_json(v.to_bytes()) == v
+
+
+def test_unreadable_events_are_a_completeness_violation(tmp_path):
+    clock = Clock()
+    monitor, _ = _monitor(tmp_path, clock)
+    raised = []
+    for i in range(60):
+        clock.t += 1
+        raised += monitor.observe(_event(clock, i % 43, 0.999))
+        if i % 3 == 0:
+            raised += monitor.observe_unreadable(f"bad-{i}", clock.t)
+    assert [v.check.constraint_check_type for v in raised if v.check_name == "completeness"] == ["completeness_check"]
+
+
+def test_the_baseline_is_reloaded_from_the_store_when_it_changes(tmp_path):
+    clock = Clock()
+    monitor, _ = _monitor(tmp_path, clock, baseline_reload_s=5)
+    first = monitor.baseline.baseline_id
+    stats, cons = bl.shipped_files()
+    cons["signwatch"]["over_prediction_share"] = 0.3
+    bl.write_store(monitor.store, "baselines/ep", stats, cons)
+    clock.t += 10
+    monitor.observe(_event(clock, 1, 0.99))
+    assert monitor.baseline.baseline_id != first and monitor.baseline.thresholds.over_prediction_share == 0.3
+
+
+def test_the_batch_job_checks_captured_records_in_its_time_range():
+    clock = Clock()
+    lines = [json.dumps(capture_record(_event(clock, 14 if i < 300 else 1, 0.99), b"x")) for i in range(400)]
+    files = [("\n".join(lines) + "\nbroken\n").encode()]
+    result = run_job(files, bl.load(*bl.shipped_files()), NAMES)
+    assert result.total == 400 and result.unreadable == 1 and result.predicted_classes == {1: 100, 14: 300}
+    assert "Class 14 (Stop) predicted 75.00%" in result.violations[0]["description"]
+    assert result.statistics["dataset"]["item_count"] == 400
+    later = datetime.fromtimestamp(T0, timezone.utc) + timedelta(hours=1)
+    assert run_job(files, bl.load(*bl.shipped_files()), NAMES, start=later).total == 0
+    keys = ["d/ep/AllTraffic/2026/12/01/10/a.jsonl", "d/ep/AllTraffic/2026/12/01/12/b.jsonl", "d/x.txt"]
+    t = datetime(2026, 12, 1, 10, 30, tzinfo=timezone.utc)
+    assert keys_in_range(keys, t, t + timedelta(hours=1)) == keys[:1]

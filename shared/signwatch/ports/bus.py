@@ -30,6 +30,14 @@ class PublishError(RuntimeError):
     pass
 
 
+class MessageTooLarge(PublishError):
+    """A message over the broker's limit: no retry can ever deliver it (not an outage)."""
+
+
+# The client's own errors for a record the broker will never take, matched by name.
+_TOO_LARGE = {"MessageSizeTooLargeError", "RecordTooLargeError"}
+
+
 DeliveryCallback = Callable[[Exception | None], None]
 
 
@@ -82,4 +90,7 @@ def publish_and_wait(bus: "EventBus", topic: str, key: str, value: bytes, timeou
     if not outcome:
         raise PublishError(f"no acknowledgement for {topic}/{key} within {timeout_s}s")
     if outcome[0] is not None:
-        raise PublishError(f"{topic}/{key} not delivered: {outcome[0]}") from outcome[0]
+        err = outcome[0]
+        too_large = isinstance(err, MessageTooLarge) or any(n in f"{type(err).__name__} {err}" for n in _TOO_LARGE)
+        error = MessageTooLarge if too_large else PublishError
+        raise error(f"{topic}/{key} not delivered: {err}") from err

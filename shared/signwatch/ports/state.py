@@ -4,7 +4,9 @@ The monitor needs three things that must hold across restarts and replicas:
 - apply a set of counter increments and list pushes *exactly once* per event
   (``apply_once`` keyed by a token such as the event id, atomic in every adapter);
 - read counter hashes back (``get_counts``) and capped lists (``get_list``);
-- take a flag only if nobody holds it (``set_once``), for cool-downs.
+- take a flag only if nobody holds it (``set_once``);
+- small values (``set_value`` / ``get_value``): an episode's record, claimed atomically by one
+  replica (``if_absent=True``), and the snapshot the dashboard reads.
 Every key expires (``ttl_s``) so that the store never grows without bound.
 """
 
@@ -43,6 +45,11 @@ class StateStore(Protocol):
 
     def set_once(self, key: str, ttl_s: int) -> bool:
         """Set ``key`` if absent (True) or leave it (False)."""
+
+    def set_value(self, key: str, value: str, ttl_s: int, if_absent: bool = False) -> bool:
+        """Store ``value``; with ``if_absent`` only when the key is free (atomic). True if stored."""
+
+    def get_value(self, key: str) -> str | None: ...
 
     def delete(self, *keys: str) -> None: ...
 

@@ -63,6 +63,19 @@ class MemoryState:
             self._expire(key, ttl_s)
             return True
 
+    def set_value(self, key: str, value: str, ttl_s: int, if_absent: bool = False) -> bool:
+        with self._lock:
+            if if_absent and self._live(key):
+                return False
+            self._data[key] = value
+            self._expire(key, max(1, ttl_s))
+            return True
+
+    def get_value(self, key: str) -> str | None:
+        with self._lock:
+            value = self._data[key] if self._live(key) else None
+            return value if isinstance(value, str) else None
+
     def delete(self, *keys: str) -> None:
         with self._lock:
             for k in keys:

@@ -64,6 +64,12 @@ class RedisState:
     def set_once(self, key: str, ttl_s: int) -> bool:
         return bool(self._client.set(key, "1", nx=True, ex=max(1, ttl_s)))
 
+    def set_value(self, key: str, value: str, ttl_s: int, if_absent: bool = False) -> bool:
+        return bool(self._client.set(key, value, nx=if_absent, ex=max(1, ttl_s)))
+
+    def get_value(self, key: str) -> str | None:
+        return self._client.get(key)
+
     def delete(self, *keys: str) -> None:
         if keys:
             self._client.delete(*keys)

@@ -1,0 +1,55 @@
+"""Prometheus metrics of the monitor: what it counts, what it tests, what it raised, how late."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from signwatch.events import InferenceEvent, ViolationEvent
+from signwatch.ports.bus import Message
+
+
+class MonitorMetrics:
+    def __init__(self, registry: CollectorRegistry | None, endpoint: str) -> None:
+        r = registry or CollectorRegistry()
+        self.endpoint = endpoint
+        self.predictions = Counter("signwatch_monitor_predictions_total", "Predictions counted, by class",
+                                   ["endpoint", "class_id"], registry=r)
+        self.low_share = Gauge("signwatch_monitor_low_confidence_share", "Low-confidence share by window",
+                               ["endpoint", "window"], registry=r)
+        self.statistic = Gauge("signwatch_monitor_drift_statistic", "Drift statistic by check and window",
+                               ["endpoint", "check", "window"], registry=r)
+        self.p_value = Gauge("signwatch_monitor_drift_p_value", "Drift p-value by check and window",
+                             ["endpoint", "check", "window"], registry=r)
+        self.accuracy = Gauge("signwatch_monitor_estimated_accuracy", "Label-free accuracy estimate (time window)",
+                              ["endpoint"], registry=r)
+        self.violations = Counter("signwatch_monitor_violations_total", "Violations published, by check and state",
+                                  ["endpoint", "check", "state"], registry=r)
+        self.unpublishable = Counter("signwatch_monitor_unpublishable_total", "Violations too large to publish",
+                                     ["endpoint"], registry=r).labels(endpoint)
+        self.latency = Histogram("signwatch_monitor_detection_latency_seconds",
+                                 "From the event that tipped a check to its violation published", ["endpoint"],
+                                 buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30), registry=r).labels(endpoint)
+        self.lag = Gauge("signwatch_monitor_consumer_lag_seconds", "How far behind the newest event the monitor is",
+                         ["endpoint"], registry=r).labels(endpoint)
+
+    def observed(self, event: InferenceEvent, message: Message) -> None:
+        self.predictions.labels(self.endpoint, str(event.output.predictions[0].class_id)).inc()
+        self.lag.set(max(0.0, time.time() - message.timestamp_ms / 1000))
+
+    def evaluated(self, evaluation) -> None:
+        for w in evaluation.windows:
+            self.low_share.labels(self.endpoint, w.kind).set(w.low_confidence_share)
+        for r in evaluation.results:
+            if r.statistic is not None:
+                self.statistic.labels(self.endpoint, r.name, r.window).set(r.statistic)
+            if r.p_value is not None:
+                self.p_value.labels(self.endpoint, r.name, r.window).set(r.p_value)
+        if evaluation.estimated_accuracy is not None:
+            self.accuracy.labels(self.endpoint).set(evaluation.estimated_accuracy)
+
+    def published(self, violation: ViolationEvent) -> None:
+        self.violations.labels(self.endpoint, violation.check_name, violation.state).inc()
+        if violation.state == "open" and violation.tipped_at is not None:
+            self.latency.observe(max(0.0, time.time() - violation.tipped_at.timestamp()))

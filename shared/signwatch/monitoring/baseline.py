@@ -1,0 +1,237 @@
+"""Baselines in SageMaker Model Monitor's own shapes: ``statistics.json`` and ``constraints.json``.
+
+``suggest`` turns the features of reference predictions into both files, as SageMaker's
+``suggest_baseline`` does (statistics per feature: ``string_statistics`` with categorical
+buckets for the predicted class, ``numerical_statistics`` with KLL buckets for the top-1
+confidence and the top-1 minus top-2 margin; constraints with ``monitoring_config`` and
+``distribution_constraints``). signwatch's own thresholds (over-prediction share, false-alarm
+budget, minimum sample sizes) sit under a ``signwatch`` key that SageMaker ignores. The KLL
+``sketch.data`` holds up to 1,024 sorted quantiles of the values rather than a real KLL
+compactor state: signwatch reads only the buckets, which use the fixed bins of ``features``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+
+from signwatch.model.core import MODELS_DIR
+from signwatch.monitoring.features import EDGES, N_BINS, Features, bin_of
+
+CLASS_FEATURE, CONFIDENCE_FEATURE, MARGIN_FEATURE = "PredictedClass", "Confidence", "Margin"
+SHIPPED = MODELS_DIR / "signwatch-resnet18.baseline"
+STATISTICS, CONSTRAINTS = "statistics.json", "constraints.json"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Check thresholds: from ``constraints.json``, overridable by settings."""
+
+    over_prediction_share: float = 0.5        # the reference's rule
+    categorical_comparison_threshold: float = 0.1  # L-infinity distance of the class shares
+    comparison_threshold: float = 0.1          # KS distance of confidence / margin
+    low_confidence: float = 0.5                # top three all below this
+    low_confidence_min_increase: float = 0.02  # effect size on top of significance
+    completeness: float = 0.99                 # share of events that must be readable
+    alpha_per_day: float = 0.01                # false-alarm budget, see checks.alpha_per_test
+    min_over_prediction: int = 20
+    min_drift: int = 100
+
+    def merged(self, overrides: dict) -> "Thresholds":
+        names = {f.name for f in fields(self)}
+        return replace(self, **{k: v for k, v in overrides.items() if k in names and v is not None})
+
+
+@dataclass(frozen=True)
+class Baseline:
+    baseline_id: str
+    item_count: int
+    class_counts: np.ndarray          # (n_classes,)
+    confidence_counts: np.ndarray     # (N_BINS,)
+    margin_counts: np.ndarray         # (N_BINS,)
+    low_confidence_count: int
+    mean_confidence: float
+    accuracy: float | None            # when the reference data had labels
+    atc_bin: int | None               # bins >= this count as "probably right" (ATC)
+    thresholds: Thresholds
+
+    @property
+    def class_shares(self) -> np.ndarray:
+        return self.class_counts / max(1, self.item_count)
+
+    @property
+    def low_confidence_share(self) -> float:
+        return self.low_confidence_count / max(1, self.item_count)
+
+
+def _kll(values: np.ndarray) -> dict:
+    counts = np.bincount([bin_of(v) for v in values], minlength=N_BINS)
+    quantiles = np.quantile(values, np.linspace(0, 1, min(1024, len(values)))).round(7).tolist()
+    return {"buckets": [{"lower_bound": EDGES[i], "upper_bound": EDGES[i + 1], "count": float(counts[i])}
+                        for i in range(N_BINS)],
+            "sketch": {"parameters": {"c": 0.64, "k": 2048.0}, "data": [quantiles]}}
+
+
+def _numerical(name: str, values: np.ndarray) -> dict:
+    return {"name": name, "inferred_type": "Fractional", "numerical_statistics": {
+        "common": {"num_present": int(len(values)), "num_missing": 0},
+        "mean": float(values.mean()), "sum": float(values.sum()), "std_dev": float(values.std()),
+        "min": float(values.min()), "max": float(values.max()),
+        "distribution": {"kll": _kll(values)}}}
+
+
+def _atc_bin(confidence: np.ndarray, accuracy: float) -> int:
+    """Average Thresholded Confidence (Garg et al., ICLR 2022): the bin edge above which the
+    share of reference confidences equals the reference accuracy."""
+    bins = np.array([bin_of(c) for c in confidence])
+    shares = [(bins >= b).mean() for b in range(N_BINS)]
+    return int(np.argmin([abs(s - accuracy) for s in shares]))
+
+
+def suggest(features: list[Features], n_classes: int, labels: list[int] | None = None,
+            source: str = "", thresholds: Thresholds | None = None, min_items: int = 100) -> tuple[dict, dict]:
+    """``statistics.json`` and ``constraints.json`` for reference predictions."""
+    if len(features) < min_items:
+        raise ValueError(f"a baseline needs at least {min_items} predictions, got {len(features)}")
+    classes = np.array([f.class_id for f in features])
+    conf = np.array([f.confidence for f in features])
+    margin = np.array([f.margin for f in features])
+    counts = np.bincount(classes, minlength=n_classes)
+    n = len(features)
+    extra: dict = {"source": source, "low_confidence_count": int(sum(f.low_confidence for f in features)),
+                   "bin_edges": list(EDGES)}
+    if labels is not None:
+        accuracy = float((classes == np.array(labels)).mean())
+        extra |= {"labelled_accuracy": accuracy, "atc_bin": _atc_bin(conf, accuracy)}
+    statistics = {
+        "version": 0.0,
+        "dataset": {"item_count": n},
+        "features": [
+            {"name": CLASS_FEATURE, "inferred_type": "String", "string_statistics": {
+                "common": {"num_present": n, "num_missing": 0},
+                "distinct_count": float((counts > 0).sum()),
+                "distribution": {"categorical": {"buckets": [
+                    {"value": str(c), "count": int(counts[c])} for c in range(n_classes)]}}}},
+            _numerical(CONFIDENCE_FEATURE, conf),
+            _numerical(MARGIN_FEATURE, margin),
+        ],
+        "signwatch": extra,
+    }
+    t = thresholds or Thresholds()
+    numeric = {"completeness": 1.0, "num_constraints": {"is_non_negative": True}}
+    constraints = {
+        "version": 0.0,
+        "features": [
+            {"name": CLASS_FEATURE, "inferred_type": "String", "completeness": 1.0,
+             "string_constraints": {"domains": [str(c) for c in range(n_classes)]}},
+            {"name": CONFIDENCE_FEATURE, "inferred_type": "Fractional"} | numeric,
+            {"name": MARGIN_FEATURE, "inferred_type": "Fractional"} | numeric,
+        ],
+        "monitoring_config": {
+            "evaluate_constraints": "Enabled", "emit_metrics": "Enabled",
+            "datatype_check_threshold": 1.0, "domain_content_threshold": 1.0,
+            "distribution_constraints": {
+                "perform_comparison": "Enabled",
+                "comparison_threshold": t.comparison_threshold, "comparison_method": "Robust",
+                "categorical_comparison_threshold": t.categorical_comparison_threshold,
+                "categorical_drift_method": "LInfinity",
+            },
+        },
+        "signwatch": {f.name: getattr(t, f.name) for f in fields(t)
+                      if f.name not in ("comparison_threshold", "categorical_comparison_threshold")},
+    }
+    return statistics, constraints
+
+
+def baseline_id(statistics: dict, constraints: dict) -> str:
+    canonical = json.dumps([statistics, constraints], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _feature(statistics: dict, name: str) -> dict:
+    for f in statistics.get("features", []):
+        if f.get("name") == name:
+            return f
+    raise ValueError(f"statistics.json has no feature {name!r}")
+
+
+def _buckets(feature: dict) -> np.ndarray:
+    buckets = feature["numerical_statistics"]["distribution"]["kll"]["buckets"]
+    counts = np.zeros(N_BINS)
+    for b in buckets:  # re-bin by the bucket's middle: any bucket layout is accepted
+        lo, hi = float(b["lower_bound"]), float(b["upper_bound"])
+        counts[bin_of((lo + hi) / 2 if hi > lo else lo)] += float(b["count"])
+    return counts
+
+
+def load(statistics: dict, constraints: dict, n_classes: int = 43, overrides: dict | None = None) -> Baseline:
+    """Parse the two files; a clear ``ValueError`` when they are not usable."""
+    try:
+        item_count = int(statistics["dataset"]["item_count"])
+        classes = _feature(statistics, CLASS_FEATURE)["string_statistics"]["distribution"]["categorical"]["buckets"]
+        class_counts = np.zeros(n_classes)
+        for b in classes:
+            c = int(b["value"])
+            if 0 <= c < n_classes:
+                class_counts[c] = float(b["count"])
+        conf_feature = _feature(statistics, CONFIDENCE_FEATURE)
+        confidence_counts = _buckets(conf_feature)
+        margin_counts = _buckets(_feature(statistics, MARGIN_FEATURE))
+        mean_confidence = float(conf_feature["numerical_statistics"]["mean"])
+        dist = constraints["monitoring_config"]["distribution_constraints"]
+        from_file = dict(constraints.get("signwatch", {}))
+        from_file |= {"comparison_threshold": float(dist["comparison_threshold"]),
+                      "categorical_comparison_threshold": float(dist.get("categorical_comparison_threshold",
+                                                                         dist["comparison_threshold"]))}
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise ValueError(f"not a usable baseline: {type(exc).__name__}: {exc}") from exc
+    if item_count <= 0 or not math.isclose(class_counts.sum(), item_count, rel_tol=1e-6):
+        raise ValueError("statistics.json: class counts do not add up to dataset.item_count")
+    extra = statistics.get("signwatch", {})
+    low = extra.get("low_confidence_count")
+    if low is None:  # a foreign baseline: top-1 below 0.5 from the buckets
+        low = confidence_counts[: bin_of(0.4999)+1].sum()
+    thresholds = Thresholds().merged(from_file).merged(overrides or {})
+    return Baseline(
+        baseline_id=baseline_id(statistics, constraints), item_count=item_count,
+        class_counts=class_counts, confidence_counts=confidence_counts, margin_counts=margin_counts,
+        low_confidence_count=int(low), mean_confidence=mean_confidence,
+        accuracy=extra.get("labelled_accuracy"), atc_bin=extra.get("atc_bin"), thresholds=thresholds,
+    )
+
+
+def load_folder(folder: Path, n_classes: int = 43, overrides: dict | None = None) -> Baseline:
+    return load(json.loads((folder / STATISTICS).read_text()), json.loads((folder / CONSTRAINTS).read_text()),
+                n_classes, overrides)
+
+
+def write_folder(folder: Path, statistics: dict, constraints: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / STATISTICS).write_text(json.dumps(statistics, indent=1) + "\n")
+    (folder / CONSTRAINTS).write_text(json.dumps(constraints, indent=1) + "\n")
+
+
+def store_prefix(endpoint: str) -> str:
+    return f"baselines/{endpoint}"
+
+
+def read_store(store, prefix: str) -> tuple[dict, dict] | None:
+    """The two files from the store, or None when no baseline is there."""
+    s_key, c_key = f"{prefix}/{STATISTICS}", f"{prefix}/{CONSTRAINTS}"
+    if not (store.exists(s_key) and store.exists(c_key)):
+        return None
+    return json.loads(store.get(s_key)), json.loads(store.get(c_key))
+
+
+def write_store(store, prefix: str, statistics: dict, constraints: dict) -> list[str]:
+    return [store.put(f"{prefix}/{STATISTICS}", json.dumps(statistics, indent=1).encode(), "application/json"),
+            store.put(f"{prefix}/{CONSTRAINTS}", json.dumps(constraints, indent=1).encode(), "application/json")]
+
+
+def shipped_files() -> tuple[dict, dict]:
+    return json.loads((SHIPPED / STATISTICS).read_text()), json.loads((SHIPPED / CONSTRAINTS).read_text())

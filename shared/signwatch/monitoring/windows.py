@@ -1,0 +1,128 @@
+"""The two windows, kept in the state store and shared by every replica.
+
+- Time window (default 5 minutes): one counter hash per ``bucket_s`` (default 10 s) of event
+  time, ``signwatch:counts:{endpoint}:{bucket}``, holding running sums: the total, one counter
+  per class, per confidence bin and per margin bin, the low-confidence count and the sum of
+  confidences. Reading the window is ``window_s / bucket_s`` hashes, whatever the traffic.
+- Count window (default the last 200 predictions): a capped list of compact entries
+  (``class,confidence bin,margin bin,low,confidence``), newest first.
+
+One event is one atomic ``apply_once`` keyed by its event id (a replay, or another replica
+seeing it again, counts nothing): a handful of increments and two capped pushes. Samples of
+recent inputs per class (and of low-confidence ones) are kept beside, by reference when the
+event used a claim check, inline otherwise; the monitor moves inline ones to the store only
+when a violation needs them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from signwatch.events import InferenceEvent
+from signwatch.monitoring.checks import WindowCounts
+from signwatch.monitoring.features import N_BINS, Features
+from signwatch.ports.state import Increment, Push, StateStore
+
+CONF_SCALE = 1_000_000  # confidences are summed as integers (Redis HINCRBY)
+
+
+@dataclass
+class Windows:
+    state: StateStore
+    endpoint: str
+    window_s: int = 300
+    bucket_s: int = 10
+    count_n: int = 200
+    samples_per_class: int = 8
+    n_classes: int = 43
+
+    @property
+    def ttl_s(self) -> int:
+        return self.window_s + 2 * self.bucket_s
+
+    def bucket_key(self, bucket: int) -> str:
+        return f"signwatch:counts:{self.endpoint}:{bucket}"
+
+    @property
+    def recent_key(self) -> str:
+        return f"signwatch:recent:{self.endpoint}"
+
+    def samples_key(self, class_id: int | None) -> str:
+        return f"signwatch:samples:{self.endpoint}:{'low' if class_id is None else class_id}"
+
+    def record(self, event: InferenceEvent, f: Features) -> bool:
+        """Count one event; False when this event id was counted before."""
+        ts = event.time.timestamp()
+        key, ttl = self.bucket_key(int(ts) // self.bucket_s), self.ttl_s
+        incs = [Increment(key, "total", 1, ttl), Increment(key, f"class:{f.class_id}", 1, ttl),
+                Increment(key, f"conf:{f.confidence_bin}", 1, ttl),
+                Increment(key, f"margin:{f.margin_bin}", 1, ttl),
+                Increment(key, "conf_sum", int(round(f.confidence * CONF_SCALE)), ttl)]
+        entry = f"{f.class_id},{f.confidence_bin},{f.margin_bin},{int(f.low_confidence)},{f.confidence:.6f}"
+        sample = json.dumps({"event_id": event.event_id, "input": event.input.model_dump(),
+                             "predicted_class": f.class_id, "probability": f.confidence,
+                             "time": ts}, separators=(",", ":"))
+        pushes = [Push(self.recent_key, entry, self.count_n, max(ttl, 86_400)),
+                  Push(self.samples_key(f.class_id), sample, self.samples_per_class, ttl)]
+        if f.low_confidence:
+            incs.append(Increment(key, "low_confidence", 1, ttl))
+            pushes.append(Push(self.samples_key(None), sample, self.samples_per_class, ttl))
+        return self.state.apply_once(f"signwatch:seen:{self.endpoint}:{event.event_id}", ttl, incs, pushes)
+
+    def record_unreadable(self, ts: float, token: str) -> None:
+        key = self.bucket_key(int(ts) // self.bucket_s)
+        self.state.apply_once(f"signwatch:seen:{self.endpoint}:{token}", self.ttl_s,
+                              [Increment(key, "unreadable", 1, self.ttl_s)], [])
+
+    def time_window(self, now_ts: float) -> WindowCounts:
+        last = int(now_ts) // self.bucket_s
+        first = (int(now_ts) - self.window_s) // self.bucket_s + 1
+        hashes = self.state.get_counts([self.bucket_key(b) for b in range(first, last + 1)])
+        classes, conf, margin = np.zeros(self.n_classes), np.zeros(N_BINS), np.zeros(N_BINS)
+        total = low = unreadable = conf_sum = 0
+        for h in hashes:
+            for name, v in h.items():
+                kind, _, idx = name.partition(":")
+                if kind == "total":
+                    total += v
+                elif kind == "class" and 0 <= int(idx) < self.n_classes:
+                    classes[int(idx)] += v
+                elif kind == "conf":
+                    conf[int(idx)] += v
+                elif kind == "margin":
+                    margin[int(idx)] += v
+                elif kind == "low_confidence":
+                    low += v
+                elif kind == "unreadable":
+                    unreadable += v
+                elif kind == "conf_sum":
+                    conf_sum += v
+        return WindowCounts("time", total, classes, conf, margin, low, conf_sum / CONF_SCALE,
+                            unreadable=unreadable, seconds=self.window_s)
+
+    def count_window(self) -> WindowCounts:
+        entries = self.state.get_list(self.recent_key)[: self.count_n]
+        classes, conf, margin = np.zeros(self.n_classes), np.zeros(N_BINS), np.zeros(N_BINS)
+        low, conf_sum = 0, 0.0
+        for e in entries:
+            c, cb, mb, lo, p = e.split(",")
+            if 0 <= int(c) < self.n_classes:
+                classes[int(c)] += 1
+            conf[int(cb)] += 1
+            margin[int(mb)] += 1
+            low += int(lo)
+            conf_sum += float(p)
+        return WindowCounts("count", len(entries), classes, conf, margin, low, conf_sum, size=self.count_n)
+
+    def samples(self, class_id: int | None) -> list[dict]:
+        return [json.loads(s) for s in self.state.get_list(self.samples_key(class_id))]
+
+    def lost(self) -> bool:
+        """True when the state store lost the windows (a restart without persistence)."""
+        return self.state.get_value(f"signwatch:alive:{self.endpoint}") is None
+
+    def mark_alive(self) -> None:
+        self.state.set_value(f"signwatch:alive:{self.endpoint}", "1", 30 * 86_400)
