@@ -13,7 +13,7 @@ from signwatch.events import InferenceEvent, parse_event
 from signwatch.ports.bus import Message
 from signwatch.runtime import Ports, open_ports
 
-GROUP = "signwatch-capture"
+GROUP = "signwatch-capture"  # the default of Settings.capture_group
 
 
 @dataclass
@@ -52,6 +52,7 @@ def build_loop(settings: Settings, ports: Ports | None = None, registry=None) ->
         max_age_s=settings.capture_flush_seconds,
         max_bytes=settings.capture_batch_bytes,
     )
-    return ConsumerLoop(ports.bus, [settings.inference_topic], GROUP, CaptureHandler(batcher, registry),
+    return ConsumerLoop(ports.bus, [settings.inference_topic], settings.capture_group,
+                        CaptureHandler(batcher, registry),
                         registry=registry,
                         poll_timeout_ms=settings.poll_timeout_ms)

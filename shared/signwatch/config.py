@@ -66,6 +66,7 @@ class Settings(BaseSettings):
     capture_batch_records: int = Field(100, ge=1)
     capture_flush_seconds: float = Field(5.0, gt=0)
     capture_batch_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="buffered capture bytes, at most")
+    capture_group: str = Field("signwatch-capture", description="the capture service's consumer group")
 
     # Monitor service (docs/monitoring.md). Thresholds default to the baseline's constraints.json;
     # the ones set here override it.
