@@ -2,8 +2,10 @@
 
 For each sample behind a violation it fetches the request bytes (inline or claim check), computes
 the maps of the whole batch in one forward/backward (FullGrad by default), renders an overlay
-(jet, red = most relevant) beside the input - and beside the original when the store knows it
-(``originals/{sha256 of the adversarial input}.png``, written by the demo and the attack tools) -
+(jet, red = most relevant) beside the input. When the store knows the input's original
+(``originals/{sha256 of the adversarial input}.png``, written by the demo and the attack tools),
+the panel is the reference's: the adversarial image and its map for its predicted class beside the
+original and its own map for its own predicted class, then original | adversarial | difference -
 and writes under ``{prefix}/{violation_id}/``: one PNG per sample, ``report.json`` and
 ``index.html``. Keys depend only on the violation and event ids, so a replay rewrites the same
 objects. Maps whose saliency mass lies mostly outside the sign are flagged, as the reference did
@@ -23,12 +25,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from signwatch.attacks.report import difference_image
 from signwatch.events import ExplanationEvent, ViolationEvent, ViolationSample
 from signwatch.imaging import ImageError, decode_image
 from signwatch.model import ModelSpec, preprocess
 from signwatch.ports.store import ObjectStore
 from signwatch.saliency import fullgrad, gradcam, input_x_gradient
-from signwatch.saliency.render import overlay, side_by_side
+from signwatch.saliency.gradients import TargetLike
+from signwatch.saliency.render import overlay, side_by_side, stacked
 
 METHODS = ("fullgrad", "input_x_gradient", "gradcam")
 LOOKS_AWAY_SHARE = 0.5
@@ -88,6 +92,23 @@ class MapResult:
     outside_sign_share: float
     looks_away: bool
     panel: Image.Image
+    # With a known original: its own prediction, explained by its own map (the reference's comparison).
+    original_predicted_class: int | None = None
+    original_label: str | None = None
+    original_probability: float | None = None
+    original_outside_sign_share: float | None = None
+
+
+@dataclass
+class _Explained:
+    """One image's map for one class, ready to draw."""
+
+    shown: np.ndarray  # uint8 (size, size, 3)
+    saliency: np.ndarray  # (size, size)
+    target: int
+    predicted: int
+    probability: float
+    error: float | None
 
 
 @dataclass
@@ -98,45 +119,86 @@ class Explainer:
     prefix: str = "explanations"
     method: str = "fullgrad"
 
-    def explain_images(self, images: list[np.ndarray], originals: list[np.ndarray | None] | None = None,
-                       method: str | None = None, target: int | None = None) -> list[MapResult]:
-        """Maps for a batch in one forward/backward, with their panels and the looks-away flag."""
-        method = method or self.method
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+    def _maps(self, images: list[np.ndarray], method: str, target: TargetLike) -> list[_Explained]:
+        """Maps for a batch in one forward/backward (FullGrad's forward also gives the probabilities)."""
         size = self.spec.input_size
         batch = preprocess(images, self.spec)
         errors: list[float | None] = [None] * len(images)
         if method == "fullgrad":
-            # FullGrad's own forward gives the logits: no second pass for the probabilities.
             result = fullgrad(self.model, batch, target)
             logits, tgt = result.logits.detach(), result.target
             maps, errors = result.maps, [float(e) for e in result.completeness_rel_error]
         else:
             with torch.no_grad():
                 logits = self.model(batch)
-            tgt = logits.argmax(1) if target is None else torch.full((len(images),), target)
+            tgt = logits.argmax(1) if target is None else torch.as_tensor(target).expand(len(images))
             maps = (input_x_gradient if method == "input_x_gradient" else gradcam)(self.model, batch, tgt)
         probs = torch.softmax(logits, 1)
         predicted = probs.argmax(1)
-        mask = sign_mask(size)
+        return [_Explained(shown=_resized(image, size), saliency=maps[i, 0].detach().cpu().numpy(),
+                           target=int(tgt[i]), predicted=int(predicted[i]),
+                           probability=float(probs[i, predicted[i]]), error=errors[i])
+                for i, image in enumerate(images)]
+
+    def _map_title(self, method: str, e: _Explained) -> str:
+        name = self.spec.class_names[e.target]
+        return f"{method} {e.target}: {name}" + (f" {e.probability:.0%}" if e.target == e.predicted else "")
+
+    def explain_images(self, images: list[np.ndarray], originals: list[np.ndarray | None] | None = None,
+                       method: str | None = None, target: int | None = None) -> list[MapResult]:
+        """Maps for a batch in one forward/backward, with their panels and the looks-away flag.
+
+        Where the original of an (adversarial) image is known, the panel is the reference's: the
+        adversarial image with its map for its predicted class beside the original with its own map
+        for its own predicted class, and below them original | adversarial | difference. ``target``
+        (a class) applies to the inputs; an original is always explained for its own prediction.
+        """
+        method = method or self.method
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+        originals = list(originals) if originals else [None] * len(images)
+        if len(originals) != len(images):
+            raise ValueError(f"{len(originals)} originals for {len(images)} images")
+        known = [i for i, o in enumerate(originals) if o is not None]
+        batch_target: TargetLike = None
+        if target is not None:
+            own = [None] * len(known)
+            if known:
+                with torch.no_grad():
+                    own = self.model(preprocess([originals[i] for i in known], self.spec)).argmax(1).tolist()
+            batch_target = [target] * len(images) + own
+        # Inputs and known originals in one batch: one forward/backward for both kinds of map.
+        explained = self._maps(list(images) + [originals[i] for i in known], method, batch_target)
+        of_original = {i: explained[len(images) + k] for k, i in enumerate(known)}
+        mask = sign_mask(self.spec.input_size)
         out = []
-        for i, image in enumerate(images):
-            shown = _resized(image, size)
-            saliency = maps[i, 0].detach().cpu().numpy()
-            share = outside_share(saliency, mask)
-            t = int(tgt[i])
-            panels = []
-            original = originals[i] if originals else None
-            if original is not None:
-                panels.append(("original", Image.fromarray(_resized(original, size))))
-            panels.append(("input" if original is None else "adversarial", Image.fromarray(shown)))
-            panels.append((f"{method} {t}: {self.spec.class_names[t]}", overlay(shown, saliency)))
+        for i in range(len(images)):
+            e = explained[i]
+            share = outside_share(e.saliency, mask)
+            o = of_original.get(i)
+            if o is None:
+                panel = side_by_side([("input", Image.fromarray(e.shown)),
+                                      (self._map_title(method, e), overlay(e.shown, e.saliency))])
+            else:
+                diff, scale = difference_image(o.shown, e.shown)
+                panel = stacked([
+                    side_by_side([
+                        (f"adversarial: {e.predicted} {self.spec.class_names[e.predicted]}", Image.fromarray(e.shown)),
+                        (self._map_title(method, e), overlay(e.shown, e.saliency)),
+                        (f"original: {o.predicted} {self.spec.class_names[o.predicted]}", Image.fromarray(o.shown)),
+                        (self._map_title(method, o), overlay(o.shown, o.saliency)),
+                    ]),
+                    side_by_side([("original", Image.fromarray(o.shown)), ("adversarial", Image.fromarray(e.shown)),
+                                  (f"difference x{scale:.0f}", Image.fromarray(diff))], resample=Image.NEAREST),
+                ])
             out.append(MapResult(
-                predicted_class=int(predicted[i]), label=self.spec.class_names[int(predicted[i])],
-                probability=float(probs[i, predicted[i]]), completeness_rel_error=errors[i],
-                outside_sign_share=round(share, 4), looks_away=share > LOOKS_AWAY_SHARE,
-                panel=side_by_side(panels),
+                predicted_class=e.predicted, label=self.spec.class_names[e.predicted], probability=e.probability,
+                completeness_rel_error=e.error, outside_sign_share=round(share, 4),
+                looks_away=share > LOOKS_AWAY_SHARE, panel=panel,
+                original_predicted_class=None if o is None else o.predicted,
+                original_label=None if o is None else self.spec.class_names[o.predicted],
+                original_probability=None if o is None else o.probability,
+                original_outside_sign_share=None if o is None else round(outside_share(o.saliency, mask), 4),
             ))
         return out
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["jet", "heatmap", "overlay", "side_by_side"]
+__all__ = ["jet", "heatmap", "overlay", "side_by_side", "stacked"]
 
 PANEL_SIZE = 192
 
@@ -112,4 +112,21 @@ def side_by_side(
         draw.text((text_x, padding), title, fill="black", font=font)
         canvas.paste(img, (x, 2 * padding + text_height))
         x += img.width + padding
+    return canvas
+
+
+def stacked(rows: Sequence[Image.Image], padding: int = 6, rule: bool = True) -> Image.Image:
+    """Rows (e.g. from ``side_by_side``) one below the other, centred, with a thin rule between them."""
+    if not rows:
+        raise ValueError("stacked needs at least one row")
+    width = max(r.width for r in rows)
+    height = sum(r.height for r in rows) + padding * (len(rows) - 1)
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    y = 0
+    for k, row in enumerate(rows):
+        if k and rule:
+            draw.line([(padding, y - padding // 2 - 1), (width - padding, y - padding // 2 - 1)], fill=(200, 200, 200))
+        canvas.paste(row.convert("RGB"), ((width - row.width) // 2, y))
+        y += row.height + padding
     return canvas
