@@ -11,6 +11,9 @@ with b_P the conv bias, or for BatchNorm the effective bias
 then min-max over the sample's (C, H, W) with a small eps, ``upsample`` = bilinear,
 ``align_corners=True``. Linear layers enter the completeness check, not the map.
 
+The arithmetic is :func:`signwatch.saliency.fullgrad.fullgrad_maps` (and ``batchnorm_effective_bias``),
+the same function the live map calls: this module only finds the recorded tensors and pairs them.
+
 Biases are paired with gradients by module path: ``P.bias``/``P.running_mean``/... with
 ``gradient/P_output`` (and ``gradient/P_output@k`` for further calls of the same module), never by order.
 """
