@@ -10,6 +10,7 @@ from signwatch.consuming import ConsumerLoop
 from signwatch.events import ExplanationEvent, ViolationEvent, parse_event
 from signwatch.explaining import Explainer
 from signwatch.model import load_model
+from signwatch.model.remote import resolve_model_path
 from signwatch.ports.bus import EventBus, Message, publish_and_wait
 from signwatch.runtime import Ports, open_ports
 
@@ -41,7 +42,7 @@ class ExplainerHandler:
 
 
 def build_explainer(settings: Settings, ports: Ports) -> Explainer:
-    model, spec = load_model(settings.model_path)
+    model, spec = load_model(resolve_model_path(settings))
     return Explainer(model=model, spec=spec, store=ports.store, prefix=settings.explanations_prefix,
                      method=settings.explainer_method)
 

@@ -11,6 +11,7 @@ from signwatch.classifier import Classifier, MicroBatcher
 from signwatch.config import Settings
 from signwatch.debugger import Debugger
 from signwatch.model import ModelSpec, load_model
+from signwatch.model.remote import resolve_model_path
 from signwatch.publishing import EventPublisher
 from signwatch.runtime import Ports, open_ports
 from signwatch.serving import InferenceService
@@ -43,7 +44,7 @@ class InferenceCore:
 def build_core(settings: Settings, ports: Ports | None = None) -> InferenceCore:
     ports = ports or open_ports(settings)
     ports.bus.ensure_topics([settings.inference_topic], settings.topic_partitions)
-    model, spec = load_model(settings.model_path)
+    model, spec = load_model(resolve_model_path(settings))
     model = model.to(memory_format=torch.channels_last)  # see Classifier.predict
     registry = CollectorRegistry()
     # Off until switched on at run time through PUT /admin/debugger (services/inference/admin.py).

@@ -37,7 +37,11 @@ class Settings(BaseSettings):
     # Inference service.
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
-    model_path: Path | None = Field(None, description="safetensors weights; shipped ones by default")
+    model_path: str | None = Field(
+        None, description="safetensors weights (manifest beside them): a local path, or "
+        "s3://bucket/key.safetensors[?endpoint=URL] fetched once into model_cache_dir; shipped ones by default")
+    model_cache_dir: Path = Field(Path.home() / ".cache" / "signwatch" / "models",
+                                  description="where weights fetched from S3 are kept, by sha256")
     max_body_bytes: int = Field(6 * 1024 * 1024, ge=1024, description="SageMaker's invocation limit")
     max_image_side: int = Field(4096, ge=8)
     max_image_pixels: int = Field(1024 * 1024, ge=64, description="decoded pixels per image")
@@ -82,8 +86,8 @@ class Settings(BaseSettings):
     monitor_check_interval_seconds: float = Field(1.0, gt=0)
     monitor_resolve_after_seconds: float = Field(120.0, ge=0, description="passing this long ends an episode")
     monitor_samples_per_class: int = Field(8, ge=1, le=64)
-
     monitor_baseline_prefix: str | None = Field(None, description="store prefix (default baselines/{endpoint})")
+
     # Explainer service.
     explanations_prefix: str = "explanations"
     explainer_method: str = Field("fullgrad", pattern="^(fullgrad|input_x_gradient|gradcam)$")

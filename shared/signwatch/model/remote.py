@@ -1,0 +1,94 @@
+"""Weights from the object store, as the reference's endpoint pulled its model archive from S3.
+
+``SIGNWATCH_MODEL_PATH=s3://bucket/models/signwatch-resnet18.safetensors[?endpoint=URL]``: the
+manifest beside the weights (``.json``) names their sha256; the weights are downloaded once
+into ``model_cache_dir/<sha256>/``, checked against it, and moved into place atomically, so a
+restart (or a second replica on the same volume) reuses them and a damaged or swapped file is
+refused. Without ``?endpoint=`` the endpoint of ``SIGNWATCH_STORE_URL`` is used (the same S3).
+A local path is returned unchanged; ``None`` means the weights shipped in the image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path, PurePosixPath
+from urllib.parse import parse_qs, urlparse
+
+from signwatch.ports import open_store
+
+log = logging.getLogger(__name__)
+
+
+class ModelFetchError(RuntimeError):
+    pass
+
+
+def _store_url(model_url: str, fallback_store_url: str | None) -> tuple[str, str]:
+    parsed = urlparse(model_url)
+    if not parsed.netloc or not parsed.path.strip("/"):
+        raise ModelFetchError(f"model URL needs a bucket and a key: {model_url!r}")
+    endpoint = parse_qs(parsed.query).get("endpoint", [None])[0]
+    if endpoint is None and fallback_store_url and fallback_store_url.startswith("s3://"):
+        endpoint = parse_qs(urlparse(fallback_store_url).query).get("endpoint", [None])[0]
+    query = f"?endpoint={endpoint}" if endpoint else ""
+    return f"s3://{parsed.netloc}{query}", parsed.path.lstrip("/")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fetch_weights(model_url: str, cache_dir: Path, access_key: str | None = None,
+                  secret_key: str | None = None, region: str = "us-east-1",
+                  fallback_store_url: str | None = None) -> Path:
+    """The local path of the weights behind ``model_url`` (with their manifest beside them)."""
+    store_url, key = _store_url(model_url, fallback_store_url)
+    manifest_key = str(PurePosixPath(key).with_suffix(".json"))
+    store = open_store(store_url, access_key=access_key, secret_key=secret_key, region=region)
+    try:
+        manifest_bytes = store.get(manifest_key)
+    except KeyError as exc:
+        raise FileNotFoundError(f"model manifest not found beside the weights: {manifest_key} in {store_url}") from exc
+    manifest = json.loads(manifest_bytes)
+    expected = manifest.get("sha256")
+    if not expected:
+        raise ModelFetchError(f"manifest {manifest_key} names no sha256: refusing unverifiable weights")
+    folder = Path(cache_dir).expanduser() / expected
+    weights = folder / PurePosixPath(key).name
+    if weights.exists() and _sha256(weights) == expected:
+        log.info("model %s: cached at %s", model_url, weights)
+        return weights
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        data = store.get(key)
+    except KeyError as exc:
+        raise FileNotFoundError(f"model weights not found: {key} in {store_url}") from exc
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise ValueError(f"sha256 of {model_url} does not match its manifest")
+    for target, body in ((weights.with_suffix(".json"), manifest_bytes), (weights, data)):
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".partial-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(body)
+        os.replace(tmp, target)  # atomic: a reader never sees half a file
+    log.info("model %s: downloaded %d bytes to %s", model_url, len(data), weights)
+    return weights
+
+
+def resolve_model_path(settings) -> Path | None:
+    """What ``load_model`` should open for these settings: a local path, or None (shipped)."""
+    path = settings.model_path
+    if path is None:
+        return None
+    if str(path).startswith("s3://"):
+        secret = lambda s: s.get_secret_value() if s is not None else None  # noqa: E731
+        return fetch_weights(str(path), settings.model_cache_dir, secret(settings.s3_access_key),
+                             secret(settings.s3_secret_key), settings.s3_region, settings.store_url)
+    return Path(path)
