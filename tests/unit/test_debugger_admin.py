@@ -131,3 +131,19 @@ def test_invalid_body_is_refused_as_json(served, body, status):
     assert r.status_code == status
     assert r.json()["error"]["code"] in ("invalid_config", "invalid_json")
     assert not core.debugger.enabled
+
+
+def test_each_replica_records_as_its_own_worker(tmp_path, unique):
+    core = build_core(Settings(bus_url=f"memory://dbg-{unique}", store_url=tmp_path.as_uri(), state_url="memory://",
+                               admin_token=TOKEN, debugger_worker="replica-1"))
+    with TestClient(create_app(core)) as client:
+        r = client.put("/admin/debugger", json={"enabled": True}, headers=AUTH)
+        assert r.json()["status"]["worker"] == "replica-1"
+        invoke(client)
+        assert core.debugger.drain(30)
+    core.close()
+    trial = create_trial((tmp_path / "tensors" / "signwatch").as_uri())
+    assert trial.workers() == ["replica-1"] and trial.step_meta(0)["worker"] == "replica-1"
+    assert trial.tensor("layer1.0.bn1.num_batches_tracked").value(0).shape == ()  # as torch has it
+    with pytest.raises(ValueError):
+        Settings(debugger_worker="a_b")  # smdebug's file names split at underscores

@@ -380,7 +380,8 @@ class Debugger:
         def host(t: torch.Tensor) -> torch.Tensor:  # numpy has no bfloat16: widen it
             return t.cpu().float() if t.dtype == torch.bfloat16 else t.cpu()
 
-        params = {n: np.ascontiguousarray(host(t).numpy()) for n, t in job.params.items()}
+        # np.require, not ascontiguousarray: that one turns 0-d buffers (num_batches_tracked) into shape (1,).
+        params = {n: np.require(host(t).numpy(), requirements='C') for n, t in job.params.items()}
         batch = {n: host(t) for n, t in job.batch_tensors.items()}
         logits = job.logits.cpu()
         for j, (step, request_id) in enumerate(job.steps):
