@@ -6,7 +6,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed-stamp
 SW := $(VENV)/bin/signwatch
 
-.PHONY: demo test test-unit stack-up stack-down install lock clean
+.PHONY: demo test test-unit stack-up stack-down install lock clean wrk bench-serving
 
 install: $(STAMP)
 
@@ -37,6 +37,13 @@ stack-down: $(STAMP)
 # Refresh the lock after changing dependency ranges in pyproject.toml.
 lock: $(STAMP)
 	$(VENV)/bin/pip freeze --exclude-editable | grep -v '^signwatch' > constraints.txt
+
+# The serving benchmark's load generator: Debian's wrk (compiled, so the client takes little CPU).
+wrk:
+	command -v wrk >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q --no-install-recommends wrk; }
+
+bench-serving: $(STAMP) wrk
+	$(VENV)/bin/python benchmarks/serving.py
 
 clean:
 	rm -rf signwatch-demo signwatch-data .pytest_cache

@@ -1,0 +1,347 @@
+"""Serving throughput and latency, one run on one machine, printed as ratios against baselines
+measured in the same run:
+
+- ``bare``: bare PyTorch, batch-32 forward passes of the shipped model on ready tensors (images/s)
+- ``rest``: the inference service over HTTP (uvicorn + httptools + uvloop, the micro-batcher),
+  driven by Debian's ``wrk`` (compiled: the client takes little of the server's CPU) with 32 and
+  64 connections, capture off (no events) and on (events to Kafka, the capture service in its
+  own process writing SageMaker JSON lines to S3)
+- ``naive``: a handler that decodes and runs one forward per request, no batching
+- ``capture``: records per second the capture service writes into S3 (its own run over a topic
+  filled beforehand)
+
+    make wrk                                   # apt-get install wrk (once)
+    .venv/bin/python benchmarks/serving.py [--json] [--duration 10] [--profile profile.txt]
+
+Capture needs the local stack (``signwatch stack up``); without it the capture figures are
+skipped with the reason. ``--profile`` records the server with py-spy during the 32-connection
+REST run and writes its top functions (where the per-request time goes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from fastapi import Request  # module level: the naive route's annotation resolves here
+
+ROOT = Path(__file__).resolve().parents[1]
+try:
+    import signwatch  # noqa: F401
+except ImportError:
+    sys.path.insert(0, str(ROOT / "shared"))
+
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "image/png"
+local f = assert(io.open(os.getenv("SIGNWATCH_BENCH_BODY"), "rb"))
+wrk.body = f:read("*all")
+f:close()
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _sign_png() -> bytes:
+    from signwatch.data.render import render_array
+    from signwatch.imaging import encode_png
+
+    images, _ = render_array(1, seed=11, split="test", size=64)
+    return encode_png(images[0])
+
+
+# ---------------------------------------------------------------- servers (run in child processes)
+def serve_rest(port: int) -> None:
+    import uvicorn
+
+    from signwatch.config import Settings
+    from signwatch_services.inference.server import build_core, create_app
+
+    core = build_core(Settings(port=port))
+    try:
+        uvicorn.run(create_app(core), host="127.0.0.1", port=port, log_level="warning",
+                    http="httptools", loop="uvloop", access_log=False)
+    finally:
+        core.close()
+
+
+def serve_naive(port: int) -> None:
+    """One request, one decode, one forward: what a handler without batching does."""
+    import torch
+    import uvicorn
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    from signwatch.imaging import decode_image
+    from signwatch.model import load_model, preprocess
+
+    model, spec = load_model(None)
+    model = model.to(memory_format=torch.channels_last).eval()
+    app = FastAPI()
+
+    @app.post("/invocations")
+    async def invocations(request: Request) -> JSONResponse:
+        image = decode_image(await request.body(), request.headers.get("content-type"))
+        batch = preprocess([image], spec).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            probs = torch.softmax(model(batch).float(), 1)[0]
+        values, idx = probs.topk(5)
+        return JSONResponse({"predictions": [{"class_id": int(c), "label": spec.class_names[int(c)],
+                                              "probability": float(p)} for p, c in zip(values, idx)]})
+
+    @app.get("/health/live")
+    async def live() -> dict:
+        return {"alive": True}
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", http="httptools", loop="uvloop",
+                access_log=False)
+
+
+# ---------------------------------------------------------------- measurements
+def bare_images_per_s(seconds: float) -> float:
+    import torch
+
+    from signwatch.model import load_model
+
+    model, spec = load_model(None)
+    model = model.to(memory_format=torch.channels_last).eval()
+    batch = torch.randn(32, 3, spec.input_size, spec.input_size).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        for _ in range(3):
+            model(batch)
+        done, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            model(batch)
+            done += 32
+    return done / (time.perf_counter() - t0)
+
+
+def _start(kind: str, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", kind, "--port", str(port)],
+                            env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    import httpx
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{kind} server exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/health/live", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"{kind} server did not start")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def _wrk(url: str, body: Path, connections: int, seconds: float, script: Path) -> dict:
+    out = subprocess.run(
+        ["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds:g}s", "--latency", "--timeout", "10s",
+         "-s", str(script), f"{url}/invocations"],
+        capture_output=True, text=True, env={**os.environ, "SIGNWATCH_BENCH_BODY": str(body)}, check=True).stdout
+
+    def ms(label: str) -> float:
+        m = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        value, unit = float(m.group(1)), m.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    return {"requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "p50_ms": ms("50"), "p99_ms": ms("99"), "non_2xx": int(errors.group(1)) if errors else 0,
+            "socket_errors": socket_errors.group(1) if socket_errors else None}
+
+
+def _profile(pid: int, seconds: float, out: Path) -> None:
+    """py-spy's top functions of the server while wrk drives it."""
+    raw = out.with_suffix(".speedscope.json")
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    subprocess.run([spy, "record", "-p", str(pid), "-d", f"{int(seconds)}", "-f", "raw", "-o",
+                    str(out.with_suffix(".folded")), "--nonblocking"], capture_output=True, check=False)
+    folded = out.with_suffix(".folded")
+    if not folded.exists():
+        out.write_text("py-spy produced nothing (ptrace not permitted?)\n")
+        return
+    own, total = {}, 0
+    for line in folded.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        n = int(count)
+        total += n
+        for frame in set(stack.split(";")):
+            own[frame] = own.get(frame, 0) + n
+    top = sorted(own.items(), key=lambda kv: -kv[1])[:60]
+    out.write_text("".join(f"{100 * n / total:5.1f}%  {frame}\n" for frame, n in top))
+    raw.unlink(missing_ok=True)
+
+
+def _stack_env(unique: str) -> dict[str, str] | None:
+    from signwatch.stack import stack_env, status
+
+    if not status(ROOT).all_up:
+        return None
+    env = stack_env(ROOT)
+    return {**env, "SIGNWATCH_INFERENCE_TOPIC": f"bench-{unique}.inference",
+            "SIGNWATCH_CAPTURE_PREFIX": f"bench-{unique}/datacapture",
+            "SIGNWATCH_CAPTURE_GROUP": f"bench-{unique}.capture"}
+
+
+def capture_records_per_s(env: dict[str, str]) -> tuple[float, int]:
+    """Run the capture service over the topic the REST run filled; records written per second."""
+    from signwatch.config import Settings
+    from signwatch.runtime import open_ports
+    from signwatch_services.capture.server import build_loop
+
+    settings = Settings(**{k.removeprefix("SIGNWATCH_").lower(): v for k, v in env.items()},
+                        capture_batch_records=500, capture_flush_seconds=1.0)
+    ports = open_ports(settings)
+    loop = build_loop(settings, ports)
+    handler = loop.handler
+    t0 = time.perf_counter()
+    last, idle_since = 0, time.perf_counter()
+    thread = loop.start_thread()
+    while time.perf_counter() - idle_since < 5:  # until 5 s pass with nothing new written
+        time.sleep(0.25)
+        written = handler.batcher.records_written
+        if written != last:
+            last, idle_since = written, time.perf_counter()
+    loop.stop()
+    thread.join(30)
+    elapsed = idle_since - t0
+    for key in ports.store.list(settings.capture_prefix):
+        ports.store.delete(key)
+    ports.close()
+    return (last / elapsed if elapsed > 0 else 0.0), last
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
+    parser.add_argument("--profile", type=Path, default=None, help="py-spy top functions to this file")
+    parser.add_argument("--serve", choices=["rest", "naive"], help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve:
+        (serve_rest if args.serve == "rest" else serve_naive)(args.port)
+        return 0
+    if shutil.which("wrk") is None:
+        print("error: wrk not found; install it with `make wrk` (apt-get install wrk)", file=sys.stderr)
+        return 2
+
+    tmp = Path(tempfile.mkdtemp(prefix="signwatch-bench-"))
+    body, script = tmp / "sign.png", tmp / "post.lua"
+    body.write_bytes(_sign_png())
+    script.write_text(WRK_SCRIPT)
+    say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else print
+    d = args.duration
+    result: dict = {"machine": f"{os.cpu_count()} CPUs", "duration_s": d, "body_bytes": body.stat().st_size}
+
+    say(f"bare PyTorch batch-32 forwards for {d:g} s ...")
+    result["bare_images_per_s"] = bare_images_per_s(d)
+
+    say("naive handler (one forward per request), 32 connections ...")
+    proc, url = _start("naive", {})
+    try:
+        _wrk(url, body, 32, 2, script)  # warm-up
+        result["naive_32"] = _wrk(url, body, 32, d, script)
+    finally:
+        _stop(proc)
+
+    off_env = {"SIGNWATCH_PUBLISH_EVENTS": "false", "SIGNWATCH_BUS_URL": "memory://",
+               "SIGNWATCH_STORE_URL": (tmp / "store").as_uri(), "SIGNWATCH_STATE_URL": "memory://"}
+    say("REST, capture off, 32 and 64 connections ...")
+    proc, url = _start("rest", off_env)
+    try:
+        _wrk(url, body, 32, 2, script)
+        if args.profile:
+            import threading
+
+            prof = threading.Thread(target=_profile, args=(proc.pid, d, args.profile))
+            prof.start()
+        result["rest_32"] = _wrk(url, body, 32, d, script)
+        if args.profile:
+            prof.join()
+            result["profile"] = str(args.profile)
+        result["rest_64"] = _wrk(url, body, 64, d, script)
+    finally:
+        _stop(proc)
+
+    unique = uuid.uuid4().hex[:8]
+    env = _stack_env(unique)
+    if env is None:
+        result["capture_skipped"] = "the local stack is not up (signwatch stack up)"
+    else:
+        say("REST, capture on (events to Kafka; inputs inline), 32 connections ...")
+        proc, url = _start("rest", env)
+        try:
+            _wrk(url, body, 32, 2, script)
+            result["rest_32_capture"] = _wrk(url, body, 32, d, script)
+        finally:
+            _stop(proc)
+        say("capture service: records into S3 ...")
+        rate, records = capture_records_per_s(env)
+        result["capture_records_per_s"] = rate
+        result["capture_records"] = records
+
+    best = max(result["rest_32"]["requests_per_s"], result["rest_64"]["requests_per_s"])
+    result["rest_vs_bare_ratio"] = best / result["bare_images_per_s"]
+    naive = result["naive_32"]["requests_per_s"]
+    result["rest_vs_naive_ratio"] = result["rest_32"]["requests_per_s"] / naive if naive else None
+    result["load_average"] = os.getloadavg()  # other work on the machine skews every figure
+    if "rest_32_capture" in result:
+        on, off = result["rest_32_capture"]["p50_ms"], result["rest_32"]["p50_ms"]
+        result["capture_p50_overhead_pct"] = 100 * (on - off) / off
+        result["capture_p99_ms"] = result["rest_32_capture"]["p99_ms"]
+    shutil.rmtree(tmp, ignore_errors=True)
+    failed = [k for k, v in result.items() if isinstance(v, dict) and v.get("non_2xx")]
+    if failed:  # a ratio over failing requests would measure nothing
+        result["error"] = f"non-2xx answers in {', '.join(failed)}"
+
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"bare PyTorch batch 32:      {result['bare_images_per_s']:8.1f} images/s")
+        for key in ("naive_32", "rest_32", "rest_64", "rest_32_capture"):
+            if key in result:
+                r = result[key]
+                print(f"{key:26s}  {r['requests_per_s']:8.1f} req/s  p50 {r['p50_ms']:7.2f} ms  "
+                      f"p99 {r['p99_ms']:7.2f} ms  non-2xx {r['non_2xx']}")
+        naive_ratio = result["rest_vs_naive_ratio"]
+        print(f"REST / bare:   {result['rest_vs_bare_ratio']:.2f}x   REST / naive: "
+              f"{f'{naive_ratio:.2f}x' if naive_ratio else 'n/a (naive served nothing)'}   "
+              f"load average {result['load_average'][0]:.1f}")
+        if "capture_p50_overhead_pct" in result:
+            print(f"capture adds {result['capture_p50_overhead_pct']:+.1f}% to p50; "
+                  f"{result['capture_records_per_s']:.0f} records/s into S3")
+        else:
+            print(f"capture: {result.get('capture_skipped')}")
+    return 1 if "error" in result else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
