@@ -1,0 +1,112 @@
+"""The inference core's bounds: a full model queue answers 429 at once, a stopped model 503, a full
+event buffer drops (counted and logged), and claim checks wait for the store rather than vanish."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
+
+from signwatch.classifier import BatcherFull, BatcherStopped, MicroBatcher
+from signwatch.config import Settings
+from signwatch.ports.bus_memory import MemoryBus
+from signwatch.ports.store_file import FileStore
+from signwatch.publishing import EventPublisher, make_input_payload
+from tests.conftest import wait_until
+from tests.unit.helpers import inference_event, png_bytes
+
+
+def test_a_full_batcher_refuses_at_once_and_a_stopped_one_says_so():
+    release = threading.Event()
+
+    def slow_predict(items):
+        release.wait(10)
+        return [f"r{i}" for i, _ in enumerate(items)]
+
+    async def scenario():
+        batcher = MicroBatcher(slow_predict, max_batch_size=2, max_wait_ms=0, max_queue=3)
+        with pytest.raises(BatcherStopped):
+            batcher.enqueue("x")
+        await batcher.start()
+        first = [batcher.enqueue(i) for i in range(2)]  # taken into the (blocked) forward
+        await asyncio.sleep(0.05)
+        queued = [batcher.enqueue(i) for i in range(3)]
+        t0 = time.monotonic()
+        with pytest.raises(BatcherFull):
+            batcher.enqueue("one too many")
+        assert time.monotonic() - t0 < 0.01 and batcher.room() == 0
+        release.set()
+        results = await asyncio.gather(*first, *queued)
+        await batcher.stop()
+        return results
+
+    assert len(asyncio.run(scenario())) == 5
+
+
+def test_the_app_answers_429_json_when_the_model_queue_is_full(tmp_path):
+    from signwatch_services.inference.server import build_core, create_app
+
+    settings = Settings(bus_url="memory://full-queue", store_url=tmp_path.as_uri(), state_url="memory://",
+                        inference_queue_size=1)
+    core = build_core(settings)
+    with TestClient(create_app(core)) as client:
+        core.batcher.room = lambda: 0  # as if 1 image were already waiting
+        r = client.post("/invocations", content=png_bytes(), headers={"content-type": "image/png"})
+        assert r.status_code == 429 and r.json()["error"]["code"] == "busy"
+        r = client.post("/endpoints/signwatch/invocations", content=png_bytes(), headers={"content-type": "image/png"})
+        assert r.status_code == 429 and r.headers["x-amzn-ErrorType"].startswith("ModelNotReadyException")
+        assert r.json()["message"]
+    core.close()
+
+
+def test_a_full_event_buffer_drops_counts_and_logs(tmp_path, caplog):
+    class StuckBus(MemoryBus):
+        def publish(self, *a, **k):
+            raise ConnectionError("broker down")
+
+    publisher = EventPublisher(StuckBus("stuck"), FileStore(tmp_path), "t", CollectorRegistry(),
+                               max_events=3, backoff_s=0.01, max_backoff_s=0.01)
+    with caplog.at_level(logging.ERROR, logger="signwatch.publishing"):
+        accepted = [publisher.submit(inference_event()) for _ in range(5)]
+    assert accepted == [True, True, True, False, False]
+    assert publisher.outcomes.labels("dropped")._value.get() == 2
+    assert publisher.buffered[0] == 3
+    assert any("event buffer full" in r.getMessage() for r in caplog.records)
+    publisher._closing.set()
+
+
+def test_the_byte_bound_holds_too(tmp_path):
+    publisher = EventPublisher(MemoryBus("bytes"), FileStore(tmp_path), "t", CollectorRegistry(), max_bytes=10_000)
+    event = inference_event()
+    assert not publisher.submit(event, claim=b"x" * 20_000)
+    assert publisher.outcomes.labels("dropped")._value.get() == 1
+    publisher.close()
+
+
+def test_a_claim_check_waits_for_the_store_then_the_event_flows(tmp_path):
+    class FlakyStore(FileStore):
+        down = True
+
+        def put(self, key, data, content_type="application/octet-stream"):
+            if self.down:
+                raise ConnectionError("S3 down")
+            return super().put(key, data, content_type)
+
+    store, bus = FlakyStore(tmp_path), MemoryBus("claims")
+    publisher = EventPublisher(bus, store, "t", CollectorRegistry(), backoff_s=0.01, max_backoff_s=0.02)
+    raw = png_bytes(size=64)
+    base = inference_event()
+    event = base.model_copy(update={"input": make_input_payload(raw, "image/png", ref="inputs/x.png")})
+    assert publisher.submit(event, claim=raw)
+    wait_until(lambda: publisher.retries.labels("claim_check")._value.get() >= 3, 5, what="retries")
+    assert bus.consumer(["t"], "g").poll(timeout_ms=50) == []  # never published before its bytes exist
+    store.down = False
+    assert publisher.drain(5)
+    [message] = bus.consumer(["t"], "g2").poll(timeout_ms=200)
+    assert message.key == event.event_id and store.get("inputs/x.png") == raw
+    publisher.close()
