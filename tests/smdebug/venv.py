@@ -27,23 +27,30 @@ def venv_dir() -> Path:
 
 
 def _make(target: Path) -> None:
-    # The project's interpreter first (its venv module); a system python3 where ensurepip is missing there.
-    errors = []
-    for python in (sys.executable, shutil.which("python3")):
-        if not python:
-            continue
-        shutil.rmtree(target, ignore_errors=True)
-        made = subprocess.run([python, "-m", "venv", str(target)], capture_output=True, text=True)
-        if made.returncode == 0:
+    """python -m venv with the project's interpreter (else a system python3); where ensurepip is
+    missing there (Debian's python3 without python3-venv), a venv without pip that the project's
+    own pip installs into (``pip --python``)."""
+    made, errors = None, []
+    for python in dict.fromkeys(p for p in (sys.executable, shutil.which("python3")) if p):
+        for without_pip in (False, True):
+            shutil.rmtree(target, ignore_errors=True)
+            args = [python, "-m", "venv", *(["--without-pip"] if without_pip else []), str(target)]
+            done = subprocess.run(args, capture_output=True, text=True)
+            if done.returncode == 0:
+                made = without_pip
+                break
+            errors.append(f"{' '.join(args)}: {done.stderr.strip()[-300:]}")
+        if made is not None:
             break
-        errors.append(f"{python}: {made.stderr.strip()[-300:]}")
-    else:
+    if made is None:
         raise RuntimeError("cannot create a virtual environment: " + "; ".join(errors))
-    pip = subprocess.run([str(target / "bin" / "python"), "-m", "pip", "install", "--quiet",
-                          "--disable-pip-version-check", *PINS], capture_output=True, text=True, timeout=900)
-    if pip.returncode != 0:
-        raise RuntimeError(f"pip install {' '.join(PINS)} failed:\n{pip.stdout[-2000:]}\n{pip.stderr[-2000:]}")
-    check = subprocess.run([str(target / "bin" / "python"), "-c", "import smdebug.trials, pandas, psutil, requests"],
+    venv_python = str(target / "bin" / "python")
+    pip = [sys.executable, "-m", "pip", "--python", venv_python] if made else [venv_python, "-m", "pip"]
+    done = subprocess.run([*pip, "install", "--quiet", "--disable-pip-version-check", *PINS],
+                          capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        raise RuntimeError(f"pip install {' '.join(PINS)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    check = subprocess.run([venv_python, "-c", "import smdebug.trials, pandas, psutil, requests"],
                            capture_output=True, text=True)
     if check.returncode != 0:
         raise RuntimeError(f"smdebug does not import in {target}:\n{check.stderr[-2000:]}")
