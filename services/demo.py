@@ -20,6 +20,7 @@ from signwatch.attacks import pgd
 from signwatch.config import Settings
 from signwatch.data import render_batch
 from signwatch.data.classes import STOP
+from signwatch.events import ExplanationEvent, ViolationEvent
 from signwatch.explaining import original_key
 from signwatch.imaging import encode_png
 from signwatch.model.core import to_unit_tensor
@@ -97,10 +98,24 @@ def run_demo(out: Path, normal: int = 200, adversarial: int = 200, seed: int = 0
             adv_pred = _send(client, adv_images, "adversarial stream")
         total = normal + adversarial
         _wait_for(lambda: monitor.processed >= total, 120, "the monitor to count every event")
-        stop_violation = lambda: [v for v in monitor.handler.raised if v.class_id == STOP]  # noqa: E731
-        _wait_for(lambda: bool(stop_violation()), 60, "a violation for class 14")
-        wanted = {v.violation_id for v in monitor.handler.raised}
-        _wait_for(lambda: wanted <= {e.violation_id for e in explainer.handler.published}, 180,
+        # Violations and explanations are read from the bus, as any consumer would read them.
+        violations_in = ports.bus.consumer([settings.violations_topic], "signwatch-demo")
+        explanations_in = ports.bus.consumer([settings.explanations_topic], "signwatch-demo")
+        raised: dict[str, ViolationEvent] = {}
+        explained: dict[str, ExplanationEvent] = {}
+
+        def read_bus() -> None:
+            for m in violations_in.poll(timeout_ms=50):
+                v = ViolationEvent.model_validate_json(m.value)
+                if v.state == "open":
+                    raised[v.violation_id] = v
+            for m in explanations_in.poll(timeout_ms=50):
+                e = ExplanationEvent.model_validate_json(m.value)
+                explained[e.violation_id] = e
+
+        stop_violation = lambda: [v for v in raised.values() if v.class_id == STOP]  # noqa: E731
+        _wait_for(lambda: read_bus() or bool(stop_violation()), 60, "a violation for class 14")
+        _wait_for(lambda: read_bus() or set(raised) <= set(explained), 180,
                   "the explainer to report on every violation")
     finally:
         for loop in loops:
@@ -111,7 +126,7 @@ def run_demo(out: Path, normal: int = 200, adversarial: int = 200, seed: int = 0
 
     capture_files = [k for k in ports.store.list(settings.capture_prefix) if k.endswith(".jsonl")]
     captured = sum(len(ports.store.get(k).splitlines()) for k in capture_files)
-    stop_report = next(e for e in explainer.handler.published if e.violation_id == stop_violation()[0].violation_id)
+    stop_report = explained[stop_violation()[0].violation_id]
     summary = {
         "requests_served": total,
         "clean_stream": {"count": normal, "predicted_stop_share": round(clean_pred.count(STOP) / normal, 4)},
@@ -122,9 +137,9 @@ def run_demo(out: Path, normal: int = 200, adversarial: int = 200, seed: int = 0
         "capture_files": len(capture_files),
         "violations": [
             {"violation_id": v.violation_id, "description": v.check.description}
-            for v in monitor.handler.raised
+            for v in raised.values()
         ],
-        "explanation_files": sum(len(e.objects) for e in explainer.handler.published),
+        "explanation_files": sum(len(e.objects) for e in explained.values()),
         "stop_violation_report": str(store_dir / stop_report.report),
         "stop_violation_index": str(store_dir / stop_report.report.replace("report.json", "index.html")),
         "store": str(store_dir),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from signwatch.config import Settings
@@ -14,6 +15,7 @@ from signwatch.monitoring import Monitor, MonitorConfig
 from signwatch.ports.bus import EventBus, Message, MessageTooLarge, publish_and_wait
 from signwatch.runtime import Ports, open_ports
 from signwatch_services.monitor.metrics import MonitorMetrics
+from signwatch_services.monitor.replay import replayer
 
 GROUP = "signwatch-monitor"
 log = logging.getLogger(__name__)
@@ -25,8 +27,28 @@ class MonitorHandler:
     bus: EventBus
     topic: str
     metrics: MonitorMetrics
+    replay: Callable[[int], Iterator[Message]] | None = None
+    _lost_checked: float = 0.0
+
+    def _rebuild_if_lost(self) -> None:
+        """Once a second: did the state store lose the windows? Then one replica recounts them."""
+        if self.replay is None or time.monotonic() - self._lost_checked < 1.0:
+            return
+        self._lost_checked = time.monotonic()
+        if not self.monitor.windows.lost() or not self.monitor.claim_rebuild():
+            return
+        since_ms = int((time.time() - self.monitor.config.window_s - self.monitor.config.bucket_s) * 1000)
+        counted = 0
+        for m in self.replay(since_ms):
+            try:
+                event = parse_event(m.value, InferenceEvent)
+            except PoisonMessage:
+                continue
+            counted += self.monitor.recount(event)
+        log.warning("state store lost the windows: recounted %d events from the topic", counted)
 
     def process(self, message: Message) -> None:
+        self._rebuild_if_lost()
         try:
             event = parse_event(message.value, InferenceEvent)
         except PoisonMessage:
@@ -56,6 +78,7 @@ class MonitorHandler:
 
     def due(self) -> bool:
         """Runs a pending evaluation when no new event came; commits once nothing is pending."""
+        self._rebuild_if_lost()
         self._publish(self.monitor.tick())
         return not self.monitor.pending
 
@@ -75,7 +98,8 @@ def build_loop(settings: Settings, spec: ModelSpec | None = None, ports: Ports |
     ports.bus.ensure_topics([settings.inference_topic, settings.violations_topic], settings.topic_partitions)
     monitor = monitor or build_monitor(settings, ports, spec)
     metrics = MonitorMetrics(registry, settings.endpoint)
-    handler = MonitorHandler(monitor=monitor, bus=ports.bus, topic=settings.violations_topic, metrics=metrics)
+    handler = MonitorHandler(monitor=monitor, bus=ports.bus, topic=settings.violations_topic, metrics=metrics,
+                             replay=replayer(settings.bus_url, settings.inference_topic))
     # A short poll so that a pending evaluation runs within the check interval.
     return ConsumerLoop(ports.bus, [settings.inference_topic], GROUP, handler, registry=registry,
                         poll_timeout_ms=min(settings.poll_timeout_ms, 250))

@@ -156,6 +156,19 @@ class Monitor:
         self._since_check += 1
         return self.tick()
 
+    def recount(self, event: InferenceEvent) -> bool:
+        """Count an event again after the state store lost the windows (no checks run)."""
+        if event.endpoint != self.config.endpoint:
+            return False
+        return self.windows.record(event, features_of(event.output.predictions, self.baseline.thresholds.low_confidence))
+
+    def claim_rebuild(self) -> bool:
+        """One replica rebuilds the lost windows; the others go on counting."""
+        if not self.state.set_value(f"signwatch:rebuild:{self.config.endpoint}", "1", 60, if_absent=True):
+            return False
+        self.windows.mark_alive()
+        return True
+
     @property
     def pending(self) -> bool:
         return self._since_check > 0

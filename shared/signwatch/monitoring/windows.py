@@ -5,7 +5,7 @@
   per class, per confidence bin and per margin bin, the low-confidence count and the sum of
   confidences. Reading the window is ``window_s / bucket_s`` hashes, whatever the traffic.
 - Count window (default the last 200 predictions): a capped list of compact entries
-  (``class,confidence bin,margin bin,low,confidence``), newest first.
+  (``class,confidence bin,margin bin,low``), newest first.
 
 One event is one atomic ``apply_once`` keyed by its event id (a replay, or another replica
 seeing it again, counts nothing): a handful of increments and two capped pushes. Samples of
@@ -17,6 +17,7 @@ when a violation needs them.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,7 +62,7 @@ class Windows:
                 Increment(key, f"conf:{f.confidence_bin}", 1, ttl),
                 Increment(key, f"margin:{f.margin_bin}", 1, ttl),
                 Increment(key, "conf_sum", int(round(f.confidence * CONF_SCALE)), ttl)]
-        entry = f"{f.class_id},{f.confidence_bin},{f.margin_bin},{int(f.low_confidence)},{f.confidence:.6f}"
+        entry = f"{f.class_id},{f.confidence_bin},{f.margin_bin},{int(f.low_confidence)}"
         sample = json.dumps({"event_id": event.event_id, "input": event.input.model_dump(),
                              "predicted_class": f.class_id, "probability": f.confidence,
                              "time": ts}, separators=(",", ":"))
@@ -106,16 +107,15 @@ class Windows:
     def count_window(self) -> WindowCounts:
         entries = self.state.get_list(self.recent_key)[: self.count_n]
         classes, conf, margin = np.zeros(self.n_classes), np.zeros(N_BINS), np.zeros(N_BINS)
-        low, conf_sum = 0, 0.0
-        for e in entries:
-            c, cb, mb, lo, p = e.split(",")
-            if 0 <= int(c) < self.n_classes:
-                classes[int(c)] += 1
-            conf[int(cb)] += 1
-            margin[int(mb)] += 1
-            low += int(lo)
-            conf_sum += float(p)
-        return WindowCounts("count", len(entries), classes, conf, margin, low, conf_sum, size=self.count_n)
+        low = 0
+        for e, n in Counter(entries).items():  # few distinct entries: parse each once
+            c, cb, mb, lo = (int(x) for x in e.split(",")[:4])
+            if 0 <= c < self.n_classes:
+                classes[c] += n
+            conf[cb] += n
+            margin[mb] += n
+            low += lo * n
+        return WindowCounts("count", len(entries), classes, conf, margin, low, 0.0, size=self.count_n)
 
     def samples(self, class_id: int | None) -> list[dict]:
         return [json.loads(s) for s in self.state.get_list(self.samples_key(class_id))]
