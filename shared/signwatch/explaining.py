@@ -231,6 +231,7 @@ class Explainer:
         report_key, index_key = f"{base}/report.json", f"{base}/index.html"
         report = {
             "violation_id": violation.violation_id, "endpoint": violation.endpoint,
+            "time": violation.time.isoformat(),  # the dashboard lists the latest first
             "check": violation.check.model_dump(), "method": self.method,
             "looks_away_count": sum(r["looks_away"] for r in rows),
             "samples": rows, "skipped": skipped,
