@@ -6,7 +6,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed-stamp
 SW := $(VENV)/bin/signwatch
 
-.PHONY: demo test test-unit stack-up stack-down install lock clean wrk bench-serving
+.PHONY: demo test test-unit stack-up stack-down install lock clean test-tools wrk bench-serving
 
 install: $(STAMP)
 
@@ -24,6 +24,11 @@ test: $(STAMP)
 	$(SW) stack up
 	status=0; $(VENV)/bin/python -m pytest tests -ra --durations=15 || status=$$?; \
 	$(SW) stack down; exit $$status
+
+# prometheus, chromium, chromedriver (apt) and kustomize (go install) for the deploy,
+# dashboard and Prometheus tests; .ci/run runs it too.
+test-tools:
+	bash deploy/install-test-tools.sh
 
 test-unit: $(STAMP)
 	$(VENV)/bin/python -m pytest tests -m "not stack"

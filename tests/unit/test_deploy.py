@@ -30,12 +30,12 @@ SERVICES = ("inference", "capture", "monitor", "explainer")
 
 
 def kustomize() -> str:
-    for candidate in (os.environ.get("KUSTOMIZE"), str(ROOT / ".cache" / "gobin" / "kustomize"),
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    for candidate in (os.environ.get("KUSTOMIZE"), str(cache / "signwatch" / "gobin" / "kustomize"),
                       shutil.which("kustomize")):
         if candidate and Path(candidate).is_file():
             return candidate
-    pytest.fail("kustomize not found: .ci/run installs it "
-                "(go install sigs.k8s.io/kustomize/kustomize/v5@v5.7.1 into .cache/gobin)")
+    pytest.fail("kustomize not found: `make test-tools` (deploy/install-test-tools.sh) installs it")
 
 
 _RENDERED: dict[str, list[dict]] = {}
