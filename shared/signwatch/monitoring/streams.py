@@ -15,8 +15,10 @@ SHIFTS = ("clean", "attacked", "snow", "night", "fog")
 ATTACK_EPS, ATTACK_STEPS = 16 / 255, 10
 
 
-def model_pools(sizes: dict[str, int], seed: int = 4242, progress: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``{shift: (top-5 class ids, top-5 probabilities)}`` of the shipped model, on the test split."""
+def model_pools(sizes: dict[str, int], seed: int = 4242, progress: bool = False
+                ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``{shift: (top-5 class ids, top-5 probabilities, true labels)}`` of the shipped model,
+    on the test split (never seen in training)."""
     from signwatch.data.render import render_array
     from signwatch.model import load_model
     from signwatch.model.core import to_unit_tensor
@@ -28,19 +30,20 @@ def model_pools(sizes: dict[str, int], seed: int = 4242, progress: bool = False)
         if shift == "attacked":
             from signwatch.attacks import pgd
 
-            images, _ = render_array(n, seed=seed + 1, split="test", size=spec.input_size, progress=progress)
+            images, labels = render_array(n, seed=seed + 1, split="test", size=spec.input_size, progress=progress)
             result = pgd(model, spec, to_unit_tensor(list(images), spec.input_size), target=14, eps=ATTACK_EPS,
                          steps=ATTACK_STEPS, seed=seed, batch_size=64, quantize_result=True)
             images = (result.adversarial.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
         else:
-            images, _ = render_array(n, seed=seed, split="test", size=spec.input_size, variant=shift, progress=progress)
-        pools[shift] = predict_top(model, spec, images)
+            images, labels = render_array(n, seed=seed, split="test", size=spec.input_size, variant=shift,
+                                          progress=progress)
+        pools[shift] = (*predict_top(model, spec, images), labels)
     return pools
 
 
 def event_from(pool: tuple[np.ndarray, np.ndarray], i: int, endpoint: str, t: float, payload: InputPayload,
                names: tuple[str, ...] | None = None) -> InferenceEvent:
-    ids, probs = pool
+    ids, probs = pool[0], pool[1]
     preds = [Prediction(class_id=int(c), label=names[int(c)] if names else str(int(c)), probability=float(p))
              for c, p in zip(ids[i], probs[i])]
     return InferenceEvent(endpoint=endpoint, variant="AllTraffic", model_version="shipped", input=payload,

@@ -1,0 +1,89 @@
+"""``signwatch baseline suggest`` and ``signwatch monitor job``: SageMaker's files, checked
+against JSON Schemas written from its docs, and exit statuses a scheduler can act on."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import numpy as np
+from typer.testing import CliRunner
+
+from signwatch.capture import capture_record
+from signwatch.events import InferenceOutput, Prediction
+from signwatch.monitoring import baseline as bl
+from signwatch.ports.store_file import FileStore
+from signwatch_services.cli import app
+from tests.schemas import validate
+from tests.unit.helpers import inference_event
+
+HOUR = datetime(2026, 12, 1, 10, 0, tzinfo=timezone.utc)
+
+
+def test_the_shipped_baseline_fits_sagemakers_schemas():
+    stats, cons = bl.shipped_files()
+    validate(stats, "statistics")
+    validate(cons, "constraints")
+
+
+def test_baseline_suggest_writes_both_files_from_rendered_images(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["baseline", "suggest", "--count", "120", "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    stats = json.loads((tmp_path / "b" / "statistics.json").read_text())
+    cons = json.loads((tmp_path / "b" / "constraints.json").read_text())
+    validate(stats, "statistics")
+    validate(cons, "constraints")
+    assert stats["dataset"]["item_count"] == 120
+    assert [f["name"] for f in stats["features"]] == ["PredictedClass", "Confidence", "Margin"]
+    assert bl.load(stats, cons).accuracy > 0.8
+
+
+def _capture(store: FileStore, prefix: str, stop_share: float, n: int = 300) -> None:
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(n):
+        c = 14 if rng.random() < stop_share else int(rng.integers(0, 43))
+        e = inference_event(class_id=c, probability=0.999, time=HOUR.replace(minute=i % 60))
+        e = e.model_copy(update={"output": InferenceOutput(predictions=[
+            Prediction(class_id=c, label="x", probability=0.999), Prediction(class_id=(c + 1) % 43, label="y",
+                                                                              probability=0.0005)],
+            model_version="test")})
+        lines.append(json.dumps(capture_record(e, b"x")))
+    store.put(f"{prefix}/ep/AllTraffic/2026/12/01/10/part.jsonl", ("\n".join(lines) + "\n").encode())
+
+
+def test_monitor_job_writes_a_run_folder_and_exits_2_on_violations(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SIGNWATCH_STORE_URL", (tmp_path / "store").as_uri())
+    monkeypatch.setenv("SIGNWATCH_ENDPOINT", "ep")
+    store = FileStore(tmp_path / "store")
+    _capture(store, "datacapture", stop_share=0.8)
+    args = ["monitor", "job", "--capture", "datacapture/ep", "--start", "2026-12-01T10:00:00Z",
+            "--end", "2026-12-01T11:00:00Z", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    summary = json.loads(result.output)
+    assert summary["total"] == 300 and summary["predicted_classes"]["14"] > 200
+    assert summary["folder"] == "monitoring/ep/schedule/2026/12/01/10"
+    violations = json.loads(store.get(f"{summary['folder']}/constraint_violations.json"))
+    validate(violations, "constraint_violations")
+    validate(json.loads(store.get(f"{summary['folder']}/statistics.json")), "statistics")
+    assert any(v["description"].startswith("Class 14 (Stop) predicted") for v in violations["violations"])
+
+    printed = CliRunner().invoke(app, args[:-1])  # the reference's per-class counts, for people
+    assert printed.exit_code == 2 and "class 14 (Stop):" in printed.output
+
+    empty = CliRunner().invoke(app, args[:4] + ["--start", "2026-12-02T10:00:00Z", "--end", "2026-12-02T11:00:00Z"])
+    assert empty.exit_code == 1 and "no capture files" in empty.output
+
+
+def test_monitor_job_refuses_bad_arguments_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    bad = [(["monitor", "job", "--start", "yesterday"], "not an ISO 8601 time"),
+           (["monitor", "job", "--start", "2026-12-01T11:00:00Z", "--end", "2026-12-01T10:00:00Z"], "must come after"),
+           (["monitor", "job", "--schedule", "every tuesday"], "hourly, daily or a cron expression"),
+           (["monitor", "job", "--capture", "ftp://x/y"], "--capture must be")]
+    for args, message in bad:
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2 and message in result.output, (args, result.output)
