@@ -93,6 +93,7 @@ def test_kill_9_capture_mid_stream_loses_and_duplicates_nothing(stack, unique, t
             wait_until(lambda: len(_captured(store, prefix)) > before, 60, interval_s=0.5,
                        what="the restarted capture to write")
             resumed_s = time.monotonic() - restarted
+            print(f"restarted capture wrote again after {resumed_s:.1f} s (process start-up included)")
             sampled = {e for e in event_ids if should_sample(e, SAMPLING)}
             wait_until(lambda: set(_captured(store, prefix)) >= sampled, 90, interval_s=1,
                        what="every sampled event to be captured")
