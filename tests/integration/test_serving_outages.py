@@ -141,6 +141,7 @@ def test_s3_down_for_20_s(served):
         load.stop()
     assert core.publisher.retries.labels("claim_check")._value.get() > 0, "no claim check waited for S3"
     normal, outage = load.p99(b0, b1), load.p99(down0, down1)
+    print(f"S3 down: p99 {outage * 1000:.1f} ms (normal {normal * 1000:.1f} ms), {len(load.results)} requests")
     assert outage <= 3 * normal + 0.05, f"p99 {outage * 1000:.0f} ms during the outage, {normal * 1000:.0f} ms before"
     _check_delivery(settings, core, load)
 
@@ -166,7 +167,7 @@ def test_kafka_hung_for_20_s(served):
     lat = [d for t, d, _, _ in load.results if hung0 <= t < hung1]
     print(f"kafka hung: p99 {hung * 1000:.1f} ms (normal {normal * 1000:.1f} ms), "
           f"p50 {statistics.median(lat) * 1000:.1f} ms, {len(lat)} requests")
-    assert hung <= 3 * normal + 0.05, f"p99 {hung * 1000:.0f} ms while Kafka hung, {normal * 1000:.0f} ms before"
+    assert hung <= 3 * normal, f"p99 {hung * 1000:.0f} ms while Kafka hung, {normal * 1000:.0f} ms before"
     _check_delivery(settings, core, load)
 
 
@@ -185,5 +186,6 @@ def test_kafka_stopped_for_20_s(served):
     finally:
         load.stop()
     normal, outage = load.p99(b0, b1), load.p99(down0, down1)
+    print(f"kafka stopped: p99 {outage * 1000:.1f} ms (normal {normal * 1000:.1f} ms), {len(load.results)} requests")
     assert outage <= 3 * normal + 0.05, f"p99 {outage * 1000:.0f} ms while Kafka was down, {normal * 1000:.0f} ms before"
     _check_delivery(settings, core, load)
