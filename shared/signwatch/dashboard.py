@@ -92,19 +92,29 @@ def violation_summary(report: dict, report_key: str, time_: str | None) -> dict:
 class DashboardReader:
     def __init__(self, state: StateStore, store: ObjectStore, endpoint: str, explanations_prefix: str,
                  class_names: tuple[str, ...] = (), model_version: str | None = None,
-                 max_violations: int = 6) -> None:
+                 max_violations: int = 6, list_every_s: float = 1.0) -> None:
         self.state, self.store, self.endpoint = state, store, endpoint
         self.prefix = explanations_prefix.rstrip("/")
         self.class_names, self.model_version = class_names, model_version
         self.max_violations = max_violations
         self._reports: OrderedDict[str, dict | None] = OrderedDict()  # key -> summary (None: other endpoint)
         self._lock = threading.Lock()
+        self.list_every_s = list_every_s
+        self._listed: tuple[float, list[dict]] | None = None
 
     def owns(self, key: str) -> bool:
         """Only panel images under the explanations prefix may be served by the page."""
         return key.startswith(self.prefix + "/") and key.endswith(".png") and ".." not in key
 
     def _violations(self) -> list[dict]:
+        now = time.monotonic()
+        if self._listed is not None and now - self._listed[0] < self.list_every_s:
+            return self._listed[1]  # several open pages share one listing of the bucket
+        found = self._list_reports()
+        self._listed = (now, found)
+        return found
+
+    def _list_reports(self) -> list[dict]:
         keys = [k for k in self.store.list(self.prefix + "/") if k.endswith("/report.json")]
         with self._lock:
             for key in keys:

@@ -56,7 +56,7 @@ def test_reader_and_routes_show_this_endpoints_violations_newest_first(tmp_path)
     _report(store, "new", "ep", "2026-12-01T20:00:00+00:00")
     _report(store, "other", "someone-else", "2026-12-01T21:00:00+00:00")
     store.put("explanations/broken/report.json", b"{not json", "application/json")
-    reader = DashboardReader(state, store, "ep", "explanations", model_version="fallback")
+    reader = DashboardReader(state, store, "ep", "explanations", model_version="fallback", list_every_s=0)
     app = FastAPI()
     app.include_router(dashboard_router(reader))
     client = TestClient(app)
@@ -74,3 +74,14 @@ def test_reader_and_routes_show_this_endpoints_violations_newest_first(tmp_path)
         assert r.status_code == 404 and r.json()["error"]["message"], bad
     _report(store, "newest", "ep", "2026-12-01T20:30:00+00:00")  # a later poll sees it
     assert client.get("/dashboard/data").json()["violations"][0]["violation_id"] == "newest"
+
+
+def test_open_pages_share_one_listing_per_second(tmp_path):
+    store = FileStore(tmp_path)
+    calls = []
+    real_list = store.list
+    store.list = lambda prefix="": calls.append(prefix) or real_list(prefix)
+    reader = DashboardReader(MemoryState(), store, "ep", "explanations", list_every_s=60)
+    for _ in range(5):
+        reader.read()
+    assert len(calls) == 1
