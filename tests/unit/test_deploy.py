@@ -257,3 +257,22 @@ def test_dockerignore_keeps_the_context_small_and_secret_free():
     ignored = (ROOT / ".dockerignore").read_text().split()
     for entry in (".git", ".venv", ".stack", ".cache", "tests", "signwatch-data", "*.env"):
         assert entry in ignored, entry
+
+
+def test_grafana_dashboard_covers_what_operators_watch_and_scrape_config_matches_the_annotations():
+    import json
+
+    dash = json.loads((ROOT / "deploy" / "grafana" / "signwatch.json").read_text())
+    exprs = " ".join(t["expr"] for p in dash["panels"] for t in p["targets"])
+    for metric in ("signwatch_inference_latency_seconds_count", "signwatch_inference_latency_seconds_bucket",
+                   "signwatch_monitor_predictions_total", "signwatch_monitor_low_confidence_share",
+                   "signwatch_monitor_drift_statistic", "signwatch_monitor_violations_total",
+                   "signwatch_consumer_lag_messages", 'signwatch_events_total'):
+        assert metric in exprs, metric
+    assert len({p["id"] for p in dash["panels"]}) == len(dash["panels"])
+    scrape = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    labels = {s for job in scrape["scrape_configs"] for r in job["relabel_configs"] for s in r.get("source_labels", [])}
+    for deployment in signwatch_deployments(render("base")).values():
+        for key in deployment["spec"]["template"]["metadata"]["annotations"]:
+            meta = "__meta_kubernetes_pod_annotation_" + key.replace(".", "_").replace("/", "_")
+            assert meta in labels, key
