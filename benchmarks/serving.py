@@ -11,7 +11,12 @@ measured in the same run:
   filled beforehand)
 
     make wrk                                   # apt-get install wrk (once)
-    .venv/bin/python benchmarks/serving.py [--json] [--duration 10] [--profile profile.txt]
+    .venv/bin/python benchmarks/serving.py [--json] [--duration 10] [--threads N] [--profile profile.txt]
+
+``--threads`` sets PyTorch's intra-op threads in every variant alike (default: PyTorch's, one per
+core). On a machine other work also loads, 2 threads on 2 cores collapse (OpenMP threads wait for
+each other while a core is taken: measured 41 images/s at 2 threads against 132 at 1, batch 32);
+``--threads 1`` then gives a fairer side-by-side comparison.
 
 Capture needs the local stack (``signwatch stack up``); without it the capture figures are
 skipped with the reason. ``--profile`` records the server with py-spy during the 32-connection
@@ -66,12 +71,20 @@ def _sign_png() -> bytes:
 
 
 # ---------------------------------------------------------------- servers (run in child processes)
+def _threads() -> None:
+    import torch
+
+    if os.environ.get("SIGNWATCH_BENCH_THREADS"):
+        torch.set_num_threads(int(os.environ["SIGNWATCH_BENCH_THREADS"]))
+
+
 def serve_rest(port: int) -> None:
     import uvicorn
 
     from signwatch.config import Settings
     from signwatch_services.inference.server import build_core, create_app
 
+    _threads()
     core = build_core(Settings(port=port))
     try:
         uvicorn.run(create_app(core), host="127.0.0.1", port=port, log_level="warning",
@@ -90,6 +103,7 @@ def serve_naive(port: int) -> None:
     from signwatch.imaging import decode_image
     from signwatch.model import load_model, preprocess
 
+    _threads()
     model, spec = load_model(None)
     model = model.to(memory_format=torch.channels_last).eval()
     app = FastAPI()
@@ -118,6 +132,7 @@ def bare_images_per_s(seconds: float) -> float:
 
     from signwatch.model import load_model
 
+    _threads()
     model, spec = load_model(None)
     model = model.to(memory_format=torch.channels_last).eval()
     batch = torch.randn(32, 3, spec.input_size, spec.input_size).contiguous(memory_format=torch.channels_last)
@@ -243,9 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
     parser.add_argument("--profile", type=Path, default=None, help="py-spy top functions to this file")
+    parser.add_argument("--threads", type=int, default=None, help="PyTorch intra-op threads, every variant")
     parser.add_argument("--serve", choices=["rest", "naive"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.threads:
+        os.environ["SIGNWATCH_BENCH_THREADS"] = str(args.threads)  # inherited by the servers
     if args.serve:
         (serve_rest if args.serve == "rest" else serve_naive)(args.port)
         return 0
@@ -259,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     script.write_text(WRK_SCRIPT)
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else print
     d = args.duration
-    result: dict = {"machine": f"{os.cpu_count()} CPUs", "duration_s": d, "body_bytes": body.stat().st_size}
+    result: dict = {"machine": f"{os.cpu_count()} CPUs", "duration_s": d, "body_bytes": body.stat().st_size,
+                    "torch_threads": args.threads or "default"}
 
     say(f"bare PyTorch batch-32 forwards for {d:g} s ...")
     result["bare_images_per_s"] = bare_images_per_s(d)
