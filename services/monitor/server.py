@@ -17,7 +17,7 @@ from signwatch.runtime import Ports, open_ports
 from signwatch_services.monitor.metrics import MonitorMetrics
 from signwatch_services.monitor.replay import replayer
 
-GROUP = "signwatch-monitor"
+GROUP = "signwatch-monitor"  # the default of Settings.monitor_group
 log = logging.getLogger(__name__)
 
 
@@ -29,6 +29,13 @@ class MonitorHandler:
     metrics: MonitorMetrics
     replay: Callable[[int], Iterator[Message]] | None = None
     _lost_checked: float = 0.0
+    _last_seen: object = None
+
+    max_wait_s: float = 0.1
+
+    def __post_init__(self) -> None:
+        self._batch: list[InferenceEvent] = []  # events counted together, a slice at a time
+        self._batch_since = 0.0
 
     def _rebuild_if_lost(self) -> None:
         """Once a second: did the state store lose the windows? Then one replica recounts them."""
@@ -58,7 +65,9 @@ class MonitorHandler:
         if event.endpoint != self.monitor.config.endpoint:
             return  # another endpoint's monitor counts it
         self.metrics.observed(event, message)
-        self._publish(self.monitor.observe(event))
+        if not self._batch:
+            self._batch_since = time.monotonic()
+        self._batch.append(event)
 
     def _publish(self, violations: list[ViolationEvent]) -> None:
         for violation in violations:
@@ -73,17 +82,26 @@ class MonitorHandler:
                 raise
             self.metrics.published(violation)
             log.warning("violation %s %s: %s", violation.state, violation.violation_id, violation.check.description)
-        if self.monitor.last is not None:
+        if self.monitor.last is not None and self.monitor.last is not self._last_seen:
+            self._last_seen = self.monitor.last
             self.metrics.evaluated(self.monitor.last)
 
     def due(self) -> bool:
-        """Runs a pending evaluation when no new event came; commits once nothing is pending."""
+        """Counts the buffered events in one round trip once ``check_every_events`` wait or the
+        oldest waited ``max_wait_s``, runs the checks when due, and lets the loop commit once
+        nothing waits (a pending evaluation runs on a later poll, within the check interval)."""
         self._rebuild_if_lost()
+        if self._batch and (len(self._batch) >= self.monitor.config.check_every_events
+                            or time.monotonic() - self._batch_since >= self.max_wait_s):
+            self.flush()
         self._publish(self.monitor.tick())
-        return not self.monitor.pending
+        return not self._batch and not self.monitor.pending
 
     def flush(self) -> None:
-        return None
+        if self._batch:
+            batch = self._batch
+            self._publish(self.monitor.observe_many(batch))
+            self._batch = []
 
 
 def build_monitor(settings: Settings, ports: Ports, spec: ModelSpec | None = None, clock=time.monotonic) -> Monitor:
@@ -101,5 +119,5 @@ def build_loop(settings: Settings, spec: ModelSpec | None = None, ports: Ports |
     handler = MonitorHandler(monitor=monitor, bus=ports.bus, topic=settings.violations_topic, metrics=metrics,
                              replay=replayer(settings.bus_url, settings.inference_topic))
     # A short poll so that a pending evaluation runs within the check interval.
-    return ConsumerLoop(ports.bus, [settings.inference_topic], GROUP, handler, registry=registry,
+    return ConsumerLoop(ports.bus, [settings.inference_topic], settings.monitor_group, handler, registry=registry,
                         poll_timeout_ms=min(settings.poll_timeout_ms, 250))

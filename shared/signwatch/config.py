@@ -87,6 +87,7 @@ class Settings(BaseSettings):
     monitor_resolve_after_seconds: float = Field(120.0, ge=0, description="passing this long ends an episode")
     monitor_samples_per_class: int = Field(8, ge=1, le=64)
     monitor_baseline_prefix: str | None = Field(None, description="store prefix (default baselines/{endpoint})")
+    monitor_group: str = Field("signwatch-monitor", description="the monitor service's consumer group")
 
     # Explainer service.
     explanations_prefix: str = "explanations"

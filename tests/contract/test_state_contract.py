@@ -48,3 +48,13 @@ def test_values_are_claimed_once_and_read_back(state, unique):
     assert state.get_value(key) == "updated"
     state.delete(key)
     assert state.get_value(key) is None
+
+
+def test_apply_many_is_apply_once_for_each_in_one_call(state, unique):
+    key = f"t:{unique}:many"
+    batch = [(f"t:{unique}:tok{i % 3}", 60, [Increment(key, "n", 1, 60)], [Push(f"t:{unique}:l", str(i), 5, 60)])
+             for i in range(5)]
+    assert state.apply_many(batch) == [True, True, True, False, False]
+    assert state.get_counts([key]) == [{"n": 3}]
+    assert state.get_list(f"t:{unique}:l") == ["2", "1", "0"]
+    assert state.apply_many([]) == []

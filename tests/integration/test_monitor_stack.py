@@ -54,7 +54,7 @@ def _settings(stack, name: str, state_url: str | None = None) -> Settings:
         bus_url=f"kafka://{stack['kafka']['bootstrap']}", state_url=state_url or stack["redis"]["url"],
         store_url=f"s3://{s3['bucket']}?endpoint={s3['endpoint']}", s3_access_key=s3["access_key"],
         s3_secret_key=s3["secret_key"], inference_topic=f"{name}.inference", violations_topic=f"{name}.violations",
-        endpoint=name, topic_partitions=3)
+        endpoint=name, topic_partitions=3, monitor_group=name)
 
 
 def _publish(settings: Settings, events) -> None:
@@ -157,7 +157,8 @@ def _serve_monitor(settings: Settings, port: int) -> subprocess.Popen:
         "SIGNWATCH_STORE_URL": settings.store_url, "SIGNWATCH_S3_ACCESS_KEY": settings.s3_access_key.get_secret_value(),
         "SIGNWATCH_S3_SECRET_KEY": settings.s3_secret_key.get_secret_value(),
         "SIGNWATCH_INFERENCE_TOPIC": settings.inference_topic, "SIGNWATCH_VIOLATIONS_TOPIC": settings.violations_topic,
-        "SIGNWATCH_ENDPOINT": settings.endpoint, "SIGNWATCH_MONITOR_PORT": str(port), "SIGNWATCH_TOPIC_PARTITIONS": "3"}
+        "SIGNWATCH_ENDPOINT": settings.endpoint, "SIGNWATCH_MONITOR_PORT": str(port), "SIGNWATCH_TOPIC_PARTITIONS": "3",
+        "SIGNWATCH_MONITOR_GROUP": settings.monitor_group}
     return subprocess.Popen([sys.executable, "-m", "signwatch_services.cli", "serve", "monitor"], env=env, cwd=PROJECT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -204,7 +205,7 @@ def test_two_monitor_processes_raise_one_violation_per_episode_and_count_like_on
 
 
 def _committed(s: Settings, stack) -> int:
-    consumer = KafkaConsumer(bootstrap_servers=stack["kafka"]["bootstrap"], group_id="signwatch-monitor",
+    consumer = KafkaConsumer(bootstrap_servers=stack["kafka"]["bootstrap"], group_id=s.monitor_group,
                              enable_auto_commit=False)
     try:
         parts = [TopicPartition(s.inference_topic, p) for p in range(3)]

@@ -150,6 +150,23 @@ class Monitor:
         self._tipping = event
         return self.tick(force=self._since_check >= self.config.check_every_events)
 
+    def observe_many(self, events: list[InferenceEvent]) -> list[InferenceEvent | ViolationEvent]:
+        """``observe`` for a batch: counted ``check_every_events`` at a time in one round trip
+        each, checked after each slice when due (what the service does per poll)."""
+        out: list[ViolationEvent] = []
+        mine = [e for e in events if e.endpoint == self.config.endpoint]
+        k = self.config.check_every_events
+        for i in range(0, len(mine), k):
+            part = mine[i:i + k]
+            low = self.baseline.thresholds.low_confidence
+            self.windows.record_many([(e, features_of(e.output.predictions, low)) for e in part])
+            self._now_ts = max(self._now_ts, max(e.time.timestamp() for e in part))
+            self.model_version = part[-1].model_version
+            self._since_check += len(part)
+            self._tipping = part[-1]
+            out += self.tick(force=self._since_check >= k)
+        return out
+
     def observe_unreadable(self, token: str, ts: float | None = None) -> list[ViolationEvent]:
         ts = ts if ts is not None else (self._now_ts or time.time())
         self.windows.record_unreadable(ts, f"unreadable:{token}")

@@ -56,6 +56,13 @@ class Windows:
 
     def record(self, event: InferenceEvent, f: Features) -> bool:
         """Count one event; False when this event id was counted before."""
+        return self.state.apply_once(*self._changes(event, f))
+
+    def record_many(self, items: list[tuple[InferenceEvent, Features]]) -> list[bool]:
+        """Count several events in one round trip (each still exactly once)."""
+        return self.state.apply_many([self._changes(e, f) for e, f in items])
+
+    def _changes(self, event: InferenceEvent, f: Features):
         ts = event.time.timestamp()
         key, ttl = self.bucket_key(int(ts) // self.bucket_s), self.ttl_s
         incs = [Increment(key, "total", 1, ttl), Increment(key, f"class:{f.class_id}", 1, ttl),
@@ -71,7 +78,7 @@ class Windows:
         if f.low_confidence:
             incs.append(Increment(key, "low_confidence", 1, ttl))
             pushes.append(Push(self.samples_key(None), sample, self.samples_per_class, ttl))
-        return self.state.apply_once(f"signwatch:seen:{self.endpoint}:{event.event_id}", ttl, incs, pushes)
+        return f"signwatch:seen:{self.endpoint}:{event.event_id}", ttl, incs, pushes
 
     def record_unreadable(self, ts: float, token: str) -> None:
         key = self.bucket_key(int(ts) // self.bucket_s)

@@ -38,6 +38,9 @@ class StateStore(Protocol):
     ) -> bool:
         """Apply all changes atomically unless ``token`` was applied before; True if applied."""
 
+    def apply_many(self, batch: list[tuple[str, int, list[Increment], list[Push]]]) -> list[bool]:
+        """``apply_once`` for each item, in order, in one round trip where the adapter can."""
+
     def get_counts(self, keys: list[str]) -> list[dict[str, int]]: ...
 
     def get_list(self, key: str) -> list[str]:

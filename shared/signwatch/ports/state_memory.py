@@ -47,6 +47,9 @@ class MemoryState:
                 self._expire(push.key, push.ttl_s)
             return True
 
+    def apply_many(self, batch: list[tuple[str, int, list[Increment], list[Push]]]) -> list[bool]:
+        return [self.apply_once(*item) for item in batch]
+
     def get_counts(self, keys: list[str]) -> list[dict[str, int]]:
         with self._lock:
             return [dict(self._data[k]) if self._live(k) else {} for k in keys]

@@ -16,10 +16,14 @@ if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) == false then
 end
 local n_incr = tonumber(ARGV[2])
 local a = 3
+local last = nil
 for i = 1, n_incr do
   local key = KEYS[1 + i]
   redis.call('HINCRBY', key, ARGV[a], ARGV[a + 1])
-  redis.call('EXPIRE', key, ARGV[a + 2])
+  if key ~= last then  -- increments of one hash share one EXPIRE
+    redis.call('EXPIRE', key, ARGV[a + 2])
+    last = key
+  end
   a = a + 3
 end
 for i = 2 + n_incr, #KEYS do
@@ -41,16 +45,31 @@ class RedisState:
         )
         self._apply = self._client.register_script(_APPLY_ONCE)
 
-    def apply_once(
-        self, token: str, token_ttl_s: int, increments: list[Increment], pushes: list[Push]
-    ) -> bool:
+    @staticmethod
+    def _script_args(token: str, token_ttl_s: int, increments: list[Increment], pushes: list[Push]):
         keys = [token] + [i.key for i in increments] + [p.key for p in pushes]
         args: list[object] = [token_ttl_s, len(increments)]
         for i in increments:
             args += [i.field, i.amount, i.ttl_s]
         for p in pushes:
             args += [p.value, p.max_len, p.ttl_s]
+        return keys, args
+
+    def apply_once(
+        self, token: str, token_ttl_s: int, increments: list[Increment], pushes: list[Push]
+    ) -> bool:
+        keys, args = self._script_args(token, token_ttl_s, increments, pushes)
         return bool(self._apply(keys=keys, args=args))
+
+    def apply_many(self, batch: list[tuple[str, int, list[Increment], list[Push]]]) -> list[bool]:
+        """One pipelined round trip; each script call is still atomic on its own."""
+        if not batch:
+            return []
+        pipe = self._client.pipeline(transaction=False)
+        for item in batch:
+            keys, args = self._script_args(*item)
+            self._apply(keys=keys, args=args, client=pipe)
+        return [bool(r) for r in pipe.execute()]
 
     def get_counts(self, keys: list[str]) -> list[dict[str, int]]:
         pipe = self._client.pipeline(transaction=False)
