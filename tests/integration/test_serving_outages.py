@@ -132,11 +132,13 @@ def test_s3_down_for_20_s(served):
         b0, b1 = _baseline(load)
         record = _record(root, "seaweed")
         stack_process.stop(record, timeout=20)
-        down0 = time.monotonic()
-        wait_until(lambda: _ready(url)["checks"]["store"] is False, 10, what="readiness to see S3 down")
-        time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down0)))
-        down1 = time.monotonic()
-        up(root, config, echo=None)
+        try:
+            down0 = time.monotonic()
+            wait_until(lambda: _ready(url)["checks"]["store"] is False, 10, what="readiness to see S3 down")
+            time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down0)))
+            down1 = time.monotonic()
+        finally:
+            up(root, config, echo=None)  # back for whatever runs next, even when this failed
     finally:
         load.stop()
     assert core.publisher.retries.labels("claim_check")._value.get() > 0, "no claim check waited for S3"
@@ -177,11 +179,13 @@ def test_kafka_stopped_for_20_s(served):
     try:
         b0, b1 = _baseline(load)
         stack_process.stop(_record(root, "kafka"), timeout=30)
-        down0 = time.monotonic()
-        wait_until(lambda: _ready(url)["checks"]["bus"] is False, 10, what="readiness to see Kafka down")
-        time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down0)))
-        down1 = time.monotonic()
-        up(root, config, echo=None)
+        try:
+            down0 = time.monotonic()
+            wait_until(lambda: _ready(url)["checks"]["bus"] is False, 10, what="readiness to see Kafka down")
+            time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down0)))
+            down1 = time.monotonic()
+        finally:
+            up(root, config, echo=None)
         wait_until(lambda: _ready(url)["checks"]["bus"], 60, interval_s=0.5, what="Kafka back")
     finally:
         load.stop()
