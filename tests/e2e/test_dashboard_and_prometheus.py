@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -212,6 +213,11 @@ def test_dashboard_shows_counts_then_the_violation_and_prometheus_answers_every_
         return False
     wait_until(panel_loaded, 120, 0.5, "the violation and its saliency panel on the page")
     print(f"violation and panel shown at {time.monotonic() - t0:.1f} s")
+
+    def drift_shown():  # the drift statistics of the attacked window, as numbers
+        cells = browser.find_elements(By.CSS_SELECTOR, "#drift tr td:nth-child(2)")
+        return any(re.fullmatch(r"[0-9.e+-]+", c.text) for c in cells)
+    wait_until(drift_shown, 30, 0.5, "the drift statistics on the page")
     text = browser.find_element(By.ID, "violations").text
     assert "Stop" in text, text
     assert browser.execute_script("return window.__notReloaded === true")
