@@ -64,6 +64,8 @@ class MonitorHandler:
             raise
         if event.endpoint != self.monitor.config.endpoint:
             return  # another endpoint's monitor counts it
+        if len(self._batch) >= 10 * self.monitor.config.check_every_events:
+            self.flush()  # bounded memory: with the state store away this raises, and the loop waits
         self.metrics.observed(event, message)
         if not self._batch:
             self._batch_since = time.monotonic()
@@ -90,11 +92,20 @@ class MonitorHandler:
         """Counts the buffered events in one round trip once ``check_every_events`` wait or the
         oldest waited ``max_wait_s``, runs the checks when due, and lets the loop commit once
         nothing waits (a pending evaluation runs on a later poll, within the check interval)."""
-        self._rebuild_if_lost()
-        if self._batch and (len(self._batch) >= self.monitor.config.check_every_events
-                            or time.monotonic() - self._batch_since >= self.max_wait_s):
-            self.flush()
-        self._publish(self.monitor.tick())
+        try:
+            self._rebuild_if_lost()
+            if self._batch and (len(self._batch) >= self.monitor.config.check_every_events
+                                or time.monotonic() - self._batch_since >= self.max_wait_s):
+                self.flush()
+            self._publish(self.monitor.tick())
+        except Exception as exc:  # noqa: BLE001 - a server away: the events wait in the batch, uncommitted
+            log.warning("monitor: counting or checking failed (%s: %s); retrying", type(exc).__name__, exc)
+            return False
+        return self.idle
+
+    @property
+    def idle(self) -> bool:
+        """Every event taken is counted and checked."""
         return not self._batch and not self.monitor.pending
 
     def flush(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import redis
+from kafka import KafkaConsumer, TopicPartition
 
 from signwatch.config import Settings
 from signwatch.ports import open_bus
@@ -21,6 +22,15 @@ from tests.unit.helpers import inference_event
 pytestmark = pytest.mark.stack
 
 
+def _committed(settings: Settings) -> int:
+    consumer = KafkaConsumer(bootstrap_servers=settings.bus_url[len("kafka://"):], group_id=settings.monitor_group,
+                             enable_auto_commit=False)
+    try:
+        return sum(consumer.committed(TopicPartition(settings.inference_topic, p)) or 0 for p in range(3))
+    finally:
+        consumer.close(autocommit=False)
+
+
 def test_monitor_survives_redis_going_away_and_coming_back(stack, unique, tmp_path):
     server = RedisServer(tmp_path / "redis").start()
     url = server.url
@@ -28,6 +38,7 @@ def test_monitor_survives_redis_going_away_and_coming_back(stack, unique, tmp_pa
         bus_url=f"kafka://{stack['kafka']['bootstrap']}", state_url=url, store_url=tmp_path.as_uri(),
         inference_topic=f"outage-{unique}.inference", violations_topic=f"outage-{unique}.violations",
         endpoint=f"outage-{unique}", monitor_min_predictions=1000, monitor_min_drift=1000,  # counting only
+        monitor_group=f"outage-{unique}",
     )
     events = [inference_event(class_id=i % 5, endpoint=settings.endpoint) for i in range(20)]
     bus = open_bus(settings.bus_url)
@@ -45,7 +56,8 @@ def test_monitor_survives_redis_going_away_and_coming_back(stack, unique, tmp_pa
     thread = loop.start_thread()
     try:
         wait_until(lambda: len(attempts) >= 3, 60, what="the monitor to try (and fail) while redis is down")
-        assert loop.messages.labels(loop.group, "processed")._value.get() == 0
+        assert not loop.handler.idle, "the events wait, uncounted"
+        assert _committed(settings) == 0, "nothing is committed before it is counted"
 
         server.start()
 
@@ -57,6 +69,7 @@ def test_monitor_survives_redis_going_away_and_coming_back(stack, unique, tmp_pa
 
         assert wait_until(counted, 60, interval_s=0.2, what="every event to be counted") == 20
         assert loop.messages.labels(loop.group, "dead_lettered")._value.get() == 0
+        assert wait_until(lambda: _committed(settings) == 20, 30, interval_s=0.2, what="the offsets committed")
     finally:
         loop.stop()
         thread.join(30)
