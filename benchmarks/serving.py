@@ -11,7 +11,7 @@ measured in the same run:
   filled beforehand)
 
     make wrk                                   # apt-get install wrk (once)
-    .venv/bin/python benchmarks/serving.py [--json] [--duration 10] [--threads N] [--profile profile.txt]
+    .venv/bin/python benchmarks/serving.py [--json] [--duration 5] [--rounds 3] [--threads N] [--profile FILE]
 
 ``--threads`` sets PyTorch's intra-op threads in every variant alike (default: PyTorch's, one per
 core). On a machine other work also loads, 2 threads on 2 cores collapse (OpenMP threads wait for
@@ -20,7 +20,9 @@ each other while a core is taken: measured 41 images/s at 2 threads against 132 
 
 Capture needs the local stack (``signwatch stack up``); without it the capture figures are
 skipped with the reason. ``--profile`` records the server with py-spy during the 32-connection
-REST run and writes its top functions (where the per-request time goes).
+REST run and writes its top functions (where the per-request time goes). All servers run side by
+side and the variants are measured in interleaved rounds (medians kept), so that other load on the
+machine moves every variant alike.
 """
 
 from __future__ import annotations
@@ -256,7 +258,8 @@ def capture_records_per_s(env: dict[str, str]) -> tuple[float, int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are kept")
     parser.add_argument("--profile", type=Path, default=None, help="py-spy top functions to this file")
     parser.add_argument("--threads", type=int, default=None, help="PyTorch intra-op threads, every variant")
     parser.add_argument("--serve", choices=["rest", "naive"], help=argparse.SUPPRESS)
@@ -280,49 +283,56 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {"machine": f"{os.cpu_count()} CPUs", "duration_s": d, "body_bytes": body.stat().st_size,
                     "torch_threads": args.threads or "default"}
 
-    say(f"bare PyTorch batch-32 forwards for {d:g} s ...")
-    result["bare_images_per_s"] = bare_images_per_s(d)
-
-    say("naive handler (one forward per request), 32 and 64 connections ...")
-    proc, url = _start("naive", {})
-    try:
-        _wrk(url, body, 32, 2, script)  # warm-up
-        result["naive_32"] = _wrk(url, body, 32, d, script)
-        result["naive_64"] = _wrk(url, body, 64, d, script)
-    finally:
-        _stop(proc)
-
-    off_env = {"SIGNWATCH_PUBLISH_EVENTS": "false", "SIGNWATCH_BUS_URL": "memory://",
-               "SIGNWATCH_STORE_URL": (tmp / "store").as_uri(), "SIGNWATCH_STATE_URL": "memory://"}
-    say("REST, capture off, 32 and 64 connections ...")
-    proc, url = _start("rest", off_env)
-    try:
-        _wrk(url, body, 32, 2, script)
-        if args.profile:
-            import threading
-
-            prof = threading.Thread(target=_profile, args=(proc.pid, d, args.profile))
-            prof.start()
-        result["rest_32"] = _wrk(url, body, 32, d, script)
-        if args.profile:
-            prof.join()
-            result["profile"] = str(args.profile)
-        result["rest_64"] = _wrk(url, body, 64, d, script)
-    finally:
-        _stop(proc)
-
     unique = uuid.uuid4().hex[:8]
     env = _stack_env(unique)
+    off_env = {"SIGNWATCH_PUBLISH_EVENTS": "false", "SIGNWATCH_BUS_URL": "memory://",
+               "SIGNWATCH_STORE_URL": (tmp / "store").as_uri(), "SIGNWATCH_STATE_URL": "memory://"}
+    say("starting the naive, REST and REST-with-capture servers ...")
+    servers = {"naive": _start("naive", {}), "rest": _start("rest", off_env)}
     if env is None:
         result["capture_skipped"] = "the local stack is not up (signwatch stack up)"
     else:
-        say("REST, capture on (events to Kafka; inputs inline), 32 connections ...")
-        proc, url = _start("rest", env)
-        try:
-            _wrk(url, body, 32, 2, script)
-            result["rest_32_capture"] = _wrk(url, body, 32, d, script)
-        finally:
+        servers["rest_capture"] = _start("rest", env)
+    # Every variant runs once per round, rounds interleaved, medians kept: the machine's other load
+    # drifts, and variants measured minutes apart would compare that drift, not the servers.
+    runs = {"bare": [], "naive_32": [], "naive_64": [], "rest_32": [], "rest_64": [], "rest_32_capture": []}
+    plan = [("naive_32", "naive", 32), ("naive_64", "naive", 64), ("rest_32", "rest", 32),
+            ("rest_64", "rest", 64), ("rest_32_capture", "rest_capture", 32)]
+    try:
+        for _, server, conns in plan:  # warm-up
+            if server in servers:
+                _wrk(servers[server][1], body, conns, 2, script)
+        for r in range(args.rounds):
+            say(f"round {r + 1}/{args.rounds}: bare, naive 32/64, REST 32/64, REST with capture 32 ({d:g} s each)")
+            runs["bare"].append(bare_images_per_s(d))
+            for key, server, conns in plan:
+                if server not in servers:
+                    continue
+                profiling = args.profile and key == "rest_32" and r == 0
+                if profiling:
+                    import threading
+
+                    prof = threading.Thread(target=_profile, args=(servers[server][0].pid, d, args.profile))
+                    prof.start()
+                runs[key].append(_wrk(servers[server][1], body, conns, d, script))
+                if profiling:
+                    prof.join()
+                    result["profile"] = str(args.profile)
+    finally:
+        for proc, _ in servers.values():
             _stop(proc)
+    result["bare_images_per_s"] = statistics.median(runs["bare"])
+    result["rounds"] = args.rounds
+    for key, values in runs.items():
+        if key != "bare" and values:
+            result[key] = {
+                "requests_per_s": statistics.median(v["requests_per_s"] for v in values),
+                "p50_ms": statistics.median(v["p50_ms"] for v in values),
+                "p99_ms": statistics.median(v["p99_ms"] for v in values),
+                "non_2xx": sum(v["non_2xx"] for v in values),
+                "rounds": [v["requests_per_s"] for v in values],
+            }
+    if env is not None:
         say("capture service: records into S3 ...")
         rate, records = capture_records_per_s(env)
         result["capture_records_per_s"] = rate
