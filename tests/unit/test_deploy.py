@@ -199,6 +199,9 @@ def test_dev_brings_its_own_servers_and_a_job_that_creates_bucket_and_topics():
         assert s["spec"]["volumeClaimTemplates"], s["metadata"]["name"]
     kafka_env = {e["name"]: e.get("value") for e in sets["kafka"]["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert kafka_env["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft, no ZooKeeper
+    import base64
+
+    assert len(base64.urlsafe_b64decode(kafka_env["CLUSTER_ID"] + "==")) == 16, "a KRaft cluster id is 16 bytes"
     services = {s["metadata"]["name"]: s for s in of_kind(docs, "Service")}
     [cm] = [c for c in of_kind(docs, "ConfigMap") if c["metadata"]["name"].startswith("signwatch-config")]
     settings = Settings(**{k.removeprefix("SIGNWATCH_").lower(): v for k, v in cm["data"].items()
