@@ -87,3 +87,24 @@ def test_monitor_job_refuses_bad_arguments_in_one_line(tmp_path, monkeypatch):
     for args, message in bad:
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 2 and message in result.output, (args, result.output)
+
+
+def test_baseline_suggest_from_captured_records_in_a_time_range(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SIGNWATCH_STORE_URL", (tmp_path / "store").as_uri())
+    _capture(FileStore(tmp_path / "store"), "datacapture", stop_share=0.0)
+    result = CliRunner().invoke(app, ["baseline", "suggest", "--capture", "datacapture/ep", "--start",
+                                      "2026-12-01T10:00:00Z", "--end", "2026-12-01T11:00:00Z", "--upload",
+                                      "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    stats = json.loads((tmp_path / "b" / "statistics.json").read_text())
+    assert stats["dataset"]["item_count"] == 300 and "labelled_accuracy" not in stats["signwatch"]
+    assert FileStore(tmp_path / "store").exists("baselines/signwatch/statistics.json"), "uploaded where the monitor looks"
+
+
+def test_a_schedule_fires_on_the_next_period():
+    from signwatch.monitoring.cli import _next_fire
+
+    t = datetime(2026, 12, 1, 10, 17, tzinfo=timezone.utc)
+    assert _next_fire("hourly", t) == datetime(2026, 12, 1, 11, 0, tzinfo=timezone.utc)
+    assert _next_fire("*/15 * * * *", t) == datetime(2026, 12, 1, 10, 30, tzinfo=timezone.utc)
