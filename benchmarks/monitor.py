@@ -190,8 +190,6 @@ def monitor_events_per_s(pools, payload, n: int) -> float | None:
 
 
 def detection_latency(pools, payload, trials: int) -> list[float] | None:
-    import threading
-
     import redis
     from kafka import KafkaConsumer
 
