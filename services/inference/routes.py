@@ -147,7 +147,8 @@ def create_app(core) -> FastAPI:
         ready = await run_in_threadpool(service.readiness)
         return JSONResponse(status_code=200 if all(ready.values()) else 503, content={"status": ready})
 
-    app.include_router(health_router(lambda: True, service.readiness, core.registry))
+    # Live while the micro-batcher runs: without it no request can be answered, a restart helps.
+    app.include_router(health_router(lambda: core.batcher.running, service.readiness, core.registry))
 
     _document_schemas(app)
     return app

@@ -41,3 +41,19 @@ def test_a_dead_thread_is_not_live():
     ports = Ports(MemoryBus("dead"), FileStore(tempfile.mkdtemp()), MemoryState())
     client = TestClient(worker_app("x", [dead], ports, CollectorRegistry()))
     assert client.get("/health/live").json() == {"alive": False}
+
+
+def test_inference_is_live_only_while_its_micro_batcher_runs(tmp_path, unique):
+    from signwatch_services.inference.server import build_core, create_app
+
+    settings = Settings(bus_url=f"memory://live-{unique}", store_url=tmp_path.as_uri(), state_url="memory://")
+    core = build_core(settings)
+    try:
+        with TestClient(create_app(core)) as client:
+            assert client.get("/health/live").json() == {"alive": True}
+            assert client.get("/health/ready").status_code == 200
+            client.portal.call(core.batcher.stop)  # the batcher dies: the pod must be restarted
+            assert client.get("/health/live").status_code == 503
+            assert client.get("/health/ready").json()["ready"] is False
+    finally:
+        core.close()
