@@ -22,9 +22,14 @@ def kafka_since(bus_url: str, topic: str, since_ms: int, max_messages: int = 1_0
     consumer = KafkaConsumer(bootstrap_servers=urlparse(bus_url).netloc, enable_auto_commit=False,
                              group_id=None, client_id="signwatch-monitor-rebuild")
     try:
-        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        if not parts:
-            return
+        deadline = time.monotonic() + 15
+        known = consumer.partitions_for_topic(topic)
+        while not known and time.monotonic() < deadline:  # a fresh client has no metadata yet
+            time.sleep(0.1)
+            known = consumer.partitions_for_topic(topic)
+        if not known:
+            raise TimeoutError(f"no partitions known for {topic}: cannot rebuild the windows")
+        parts = [TopicPartition(topic, p) for p in sorted(known)]
         consumer.assign(parts)
         ends = consumer.end_offsets(parts)
         starts = consumer.offsets_for_times({tp: since_ms for tp in parts})

@@ -37,25 +37,30 @@ class MonitorHandler:
         self._batch: list[InferenceEvent] = []  # events counted together, a slice at a time
         self._batch_since = 0.0
 
-    def _rebuild_if_lost(self) -> None:
-        """Once a second: did the state store lose the windows? Then one replica recounts them."""
-        if self.replay is None or time.monotonic() - self._lost_checked < 1.0:
+    def _rebuild_if_lost(self, force: bool = False) -> None:
+        """Before each batch is counted (and once a second): did the state store lose the windows?
+        Then one replica recounts them from the topic."""
+        if self.replay is None or (not force and time.monotonic() - self._lost_checked < 1.0):
             return
         self._lost_checked = time.monotonic()
         if not self.monitor.windows.lost() or not self.monitor.claim_rebuild():
             return
         since_ms = int((time.time() - self.monitor.config.window_s - self.monitor.config.bucket_s) * 1000)
         counted = 0
-        for m in self.replay(since_ms):
-            try:
-                event = parse_event(m.value, InferenceEvent)
-            except PoisonMessage:
-                continue
-            counted += self.monitor.recount(event)
+        try:
+            for m in self.replay(since_ms):
+                try:
+                    event = parse_event(m.value, InferenceEvent)
+                except PoisonMessage:
+                    continue
+                counted += self.monitor.recount(event)
+        except Exception:
+            self.monitor.release_rebuild()  # the next check (this replica or another) tries again
+            raise
+        self.monitor.rebuilt()
         log.warning("state store lost the windows: recounted %d events from the topic", counted)
 
     def process(self, message: Message) -> None:
-        self._rebuild_if_lost()
         try:
             event = parse_event(message.value, InferenceEvent)
         except PoisonMessage:
@@ -110,6 +115,7 @@ class MonitorHandler:
 
     def flush(self) -> None:
         if self._batch:
+            self._rebuild_if_lost(force=True)  # one GET a batch: a lost window is never added to
             batch = self._batch
             self._publish(self.monitor.observe_many(batch))
             self._batch = []

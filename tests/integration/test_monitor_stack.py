@@ -232,8 +232,12 @@ def test_windows_are_rebuilt_after_a_redis_restart(stack, unique, pools, tmp_pat
             server.restart()  # no persistence: every count is gone
             _publish(s, second)
             # Without the rebuild the window would hold the 150 events that came after the restart.
-            wait_until(lambda: loop.processed >= 300 and loop.handler.idle and windows.time_window(now).total == 300,
-                       60, interval_s=0.2, what="the second half counted and the first half recounted")
+            try:
+                wait_until(lambda: loop.processed >= 300 and loop.handler.idle and windows.time_window(now).total == 300,
+                           60, interval_s=0.2, what="the second half counted and the first half recounted")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}: processed {loop.processed}, idle {loop.handler.idle}, "
+                                     f"window total {windows.time_window(now).total}") from None
             rebuilt = windows.time_window(now)
         finally:
             loop.stop()

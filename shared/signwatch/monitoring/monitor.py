@@ -181,10 +181,18 @@ class Monitor:
 
     def claim_rebuild(self) -> bool:
         """One replica rebuilds the lost windows; the others go on counting."""
-        if not self.state.set_value(f"signwatch:rebuild:{self.config.endpoint}", "1", 60, if_absent=True):
-            return False
+        return self.state.set_value(self._rebuild_key, "1", 600, if_absent=True)
+
+    def rebuilt(self) -> None:
         self.windows.mark_alive()
-        return True
+        self.state.delete(self._rebuild_key)
+
+    def release_rebuild(self) -> None:
+        self.state.delete(self._rebuild_key)
+
+    @property
+    def _rebuild_key(self) -> str:
+        return f"signwatch:rebuild:{self.config.endpoint}"
 
     @property
     def pending(self) -> bool:
