@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(SW) demo
 
 # The stack is stopped even when tests fail; the exit status is pytest's.
-test: $(STAMP)
+test: $(STAMP) test-tools
 	$(SW) stack up
 	status=0; $(VENV)/bin/python -m pytest tests -ra --durations=15 || status=$$?; \
 	$(SW) stack down; exit $$status

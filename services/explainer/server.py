@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 
 from signwatch.config import Settings
@@ -23,7 +24,8 @@ class ExplainerHandler:
     explainer: Explainer
     bus: EventBus
     topic: str
-    published: list[ExplanationEvent] = field(default_factory=list)
+    # the last few explanations, for a look in a debugger: bounded, since the service runs for months
+    recent: deque[ExplanationEvent] = field(default_factory=lambda: deque(maxlen=32))
 
     def process(self, message: Message) -> None:
         violation = parse_event(message.value, ViolationEvent)
@@ -32,7 +34,7 @@ class ExplainerHandler:
         explanation = self.explainer.explain(violation)
         publish_and_wait(self.bus, self.topic, explanation.violation_id, explanation.to_bytes())
         log.info("explained violation %s: %s", violation.violation_id, explanation.report)
-        self.published.append(explanation)
+        self.recent.append(explanation)
 
     def due(self) -> bool:
         return True
