@@ -77,7 +77,7 @@ def preprocess(images: list[np.ndarray] | np.ndarray, spec: ModelSpec) -> torch.
     return normalize(to_unit_tensor(images, spec.input_size), spec)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -96,7 +96,7 @@ def save_model(model: torch.nn.Module, spec: ModelSpec, path: Path, half: bool =
     state = {k: (v.half() if half and v.is_floating_point() else v).contiguous().cpu()
              for k, v in model.state_dict().items()}
     save_file(state, str(path), metadata={"architecture": spec.architecture})
-    manifest = spec.to_json() | {"weights": path.name, "sha256": _sha256(path),
+    manifest = spec.to_json() | {"weights": path.name, "sha256": file_sha256(path),
                                  "dtype": "float16" if half else "float32"}
     manifest_path(path).write_text(json.dumps(manifest, indent=2) + "\n")
     return path
@@ -119,7 +119,7 @@ def load_model(path: Path | str | None = None, device: str | torch.device = "cpu
     if not meta_file.exists():
         raise FileNotFoundError(f"model manifest not found beside the weights: {meta_file}")
     meta = json.loads(meta_file.read_text())
-    if meta.get("sha256") and meta["sha256"] != _sha256(weights):
+    if meta.get("sha256") and meta["sha256"] != file_sha256(weights):
         raise ValueError(f"sha256 of {weights} does not match its manifest")
     spec = ModelSpec(
         architecture=meta.get("architecture", "resnet18"),

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path, PurePosixPath
 from urllib.parse import parse_qs, urlparse
 
+from signwatch.model.core import file_sha256 as _sha256
 from signwatch.ports import open_store
 
 log = logging.getLogger(__name__)
@@ -36,14 +37,6 @@ def _store_url(model_url: str, fallback_store_url: str | None) -> tuple[str, str
         endpoint = parse_qs(urlparse(fallback_store_url).query).get("endpoint", [None])[0]
     query = f"?endpoint={endpoint}" if endpoint else ""
     return f"s3://{parsed.netloc}{query}", parsed.path.lstrip("/")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def fetch_weights(model_url: str, cache_dir: Path, access_key: str | None = None,
