@@ -33,6 +33,7 @@ MAX_MESSAGE_BYTES = 1_000_000  # the broker's default message.max.bytes, minus h
 # is 6 s) instead of kafka-python's 45 s, so a restarted capture resumes within 15 s.
 SESSION_TIMEOUT_MS = 10_000
 HEARTBEAT_MS = 3_000
+METADATA_MAX_AGE_MS = 5_000
 
 
 class KafkaConsumerAdapter:
@@ -47,6 +48,10 @@ class KafkaConsumerAdapter:
             client_id=f"signwatch-{group}",
             session_timeout_ms=session_timeout_ms,
             heartbeat_interval_ms=min(HEARTBEAT_MS, session_timeout_ms // 3),
+            # A topic created or grown just after subscribe is seen within seconds, not after the
+            # default 5 minutes: on a fresh broker a consumer started with its topics' creation
+            # otherwise sat idle (the dashboard test, first on a new stack, saw no count in 60 s).
+            metadata_max_age_ms=METADATA_MAX_AGE_MS,
         )
 
     def poll(self, timeout_ms: int = 500, max_records: int = 500) -> list[Message]:
