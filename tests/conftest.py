@@ -4,6 +4,7 @@ when the stack is down, so a broken stack can never pass for a green run."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from pathlib import Path
@@ -71,3 +72,36 @@ def private_stack(tmp_path_factory):
         yield root, config
     finally:
         down(root, echo=lambda *_: None)
+
+
+@contextlib.contextmanager
+def running_service(argv: list[str], env: dict, log_path: Path, base: str, cwd: Path = PROJECT,
+                    timeout_s: float = 120):
+    """Start ``signwatch ...`` (``argv`` after the command) as a real process, wait until
+    ``{base}/health/ready`` answers 200, yield the process; terminate it afterwards."""
+    import subprocess
+    import sys
+
+    import httpx
+
+    log = log_path.open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "signwatch_services.cli", *argv], env=env, cwd=cwd,
+                            stdout=log, stderr=subprocess.STDOUT)
+
+    def ready():
+        assert proc.poll() is None, f"{' '.join(argv)} exited: {log_path.read_text()[-3000:]}"
+        try:
+            return httpx.get(f"{base}/health/ready", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(ready, timeout_s, 0.2, f"`signwatch {' '.join(argv)}` to be ready")
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

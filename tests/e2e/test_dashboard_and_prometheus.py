@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -36,7 +35,7 @@ from signwatch.model import load_model
 from signwatch.model.core import to_unit_tensor
 from signwatch.stack import stack_env
 from signwatch_services.demo import DEMO_EPS, DEMO_STEPS
-from tests.conftest import PROJECT, wait_until
+from tests.conftest import PROJECT, running_service, wait_until
 from tests.e2e.test_loop_on_real_stack import _free_port
 
 pytestmark = pytest.mark.stack
@@ -88,27 +87,10 @@ def loop(stack, tmp_path_factory):
         "SIGNWATCH_CAPTURE_FLUSH_SECONDS": "1",
     }
     log = tmp_path_factory.mktemp("dash") / "serve-all.log"
-    proc = subprocess.Popen([sys.executable, "-m", "signwatch_services.cli", "serve", "all"], env=env,
-                            cwd=PROJECT, stdout=log.open("w"), stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
-
-    def ready():
-        assert proc.poll() is None, f"serve all exited: {log.read_text()[-3000:]}"
-        try:
-            return httpx.get(f"{base}/health/ready", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_until(ready, 120, 0.2, "serve all to be ready")
+    with running_service(["serve", "all"], env, log, base):
         yield {"base": base, "port": port, "endpoint": env["SIGNWATCH_ENDPOINT"], "log": log,
                "bootstrap": stack["kafka"]["bootstrap"], "s3": stack["s3"], "inference_topic": env["SIGNWATCH_INFERENCE_TOPIC"]}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from signwatch.imaging import encode_png
 from signwatch.model import load_model
 from signwatch.model.core import to_unit_tensor
 from signwatch.stack import stack_env
-from tests.conftest import PROJECT, wait_until
+from tests.conftest import PROJECT, running_service, wait_until
 
 pytestmark = pytest.mark.stack
 STOP = 14
@@ -63,25 +63,10 @@ def service(stack, run_id, tmp_path_factory):
         "SIGNWATCH_CAPTURE_FLUSH_SECONDS": "1",
         "SIGNWATCH_ADMIN_TOKEN": ADMIN_TOKEN,
     }
-    log = (tmp_path_factory.mktemp("e2e") / "serve-all.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "signwatch_services.cli", "serve", "all"], env=env,
-                            cwd=PROJECT, stdout=log, stderr=subprocess.STDOUT)
+    log = tmp_path_factory.mktemp("e2e") / "serve-all.log"
     base = f"http://127.0.0.1:{port}"
-
-    def ready():
-        assert proc.poll() is None, f"serve all exited with {proc.returncode}; see {log.name}"
-        try:
-            return httpx.get(f"{base}/health/ready", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_until(ready, timeout_s=120, interval_s=0.2, what="the inference service to be ready")
-    yield {"base": base, "env": env, "endpoint": env["SIGNWATCH_ENDPOINT"], "log": log.name}
-    proc.terminate()
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with running_service(["serve", "all"], env, log, base):
+        yield {"base": base, "env": env, "endpoint": env["SIGNWATCH_ENDPOINT"], "log": str(log)}
 
 
 def _consume_all(bootstrap: str, topic: str, want: int, timeout_s: float = 60):

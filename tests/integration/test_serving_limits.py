@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from signwatch.config import Settings
-from tests.conftest import wait_until
+from tests.conftest import running_service, wait_until
 from tests.integration.serving import live_server
 
 MEMORY_LIMIT_BYTES = 2 * 1024**3  # the inference pod's limit (deploy/k8s)
@@ -77,28 +77,10 @@ def server_process(tmp_path_factory):
         port = s.getsockname()[1]
     env = {**os.environ, "SIGNWATCH_BUS_URL": "memory://limits", "SIGNWATCH_STATE_URL": "memory://",
            "SIGNWATCH_STORE_URL": (root / "store").as_uri()}
-    log = root / "serve.log"
-    proc = subprocess.Popen([sys.executable, "-m", "signwatch_services.cli", "serve", "inference",
-                             "--port", str(port)], cwd=root, env=env, stdout=log.open("w"),
-                            stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-
-    def ready():
-        assert proc.poll() is None, f"the server exited: {log.read_text()[-2000:]}"
-        try:
-            return httpx.get(f"{url}/health/ready", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_until(ready, 120, 0.2, "the inference process to be ready")
+    with running_service(["serve", "inference", "--port", str(port)], env, root / "serve.log", url,
+                         cwd=root) as proc:
         yield url, proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def _post_all(url: str, body: bytes, n: int = 32) -> list[int]:
