@@ -1,22 +1,23 @@
 """Serving throughput and latency, one run on one machine, printed as ratios against baselines
 measured in the same run:
 
-- ``bare``: bare PyTorch, batch-32 forward passes of the shipped model on ready tensors (images/s)
-- ``rest``: the inference service over HTTP (uvicorn + httptools + uvloop, the micro-batcher),
-  driven by Debian's ``wrk`` (compiled: the client takes little of the server's CPU) with 32 and
-  64 connections, capture off (no events) and on (events to Kafka, the capture service in its
-  own process writing SageMaker JSON lines to S3)
+- ``bare``: bare PyTorch, batch-32 forward passes of the shipped model on ready tensors (images/s),
+  with PyTorch's default threads (one per core); beside it ``bare_two_workers``: the server's own
+  arrangement (two threads, each forwarding batches of 32 on one PyTorch thread), so that the
+  serving overhead can be read off against both
+- ``rest``: the inference service as users run it (``signwatch serve inference``: uvicorn +
+  httptools + uvloop, the micro-batcher, its default settings), driven by Debian's ``wrk``
+  (compiled: the client takes little of the server's CPU) with 32 and 64 connections, capture off
+  (no events) and on (events to Kafka, the capture service in its own process writing SageMaker
+  JSON lines to S3)
 - ``naive``: a handler that decodes and runs one forward per request, no batching
 - ``capture``: records per second the capture service writes into S3 (its own run over a topic
   filled beforehand)
 
     make wrk                                   # apt-get install wrk (once)
-    .venv/bin/python benchmarks/serving.py [--json] [--duration 5] [--rounds 3] [--threads N] [--profile FILE]
+    .venv/bin/python benchmarks/serving.py [--json] [--duration 5] [--rounds 3] [--profile FILE]
 
-``--threads`` sets PyTorch's intra-op threads in every variant alike (default: PyTorch's, one per
-core). On a machine other work also loads, 2 threads on 2 cores collapse (OpenMP threads wait for
-each other while a core is taken: measured 41 images/s at 2 threads against 132 at 1, batch 32);
-``--threads 1`` then gives a fairer side-by-side comparison.
+Each bare variant runs in a child process of its own (PyTorch's thread count is process-wide).
 
 Capture needs the local stack (``signwatch stack up``); without it the capture figures are
 skipped with the reason. ``--profile`` records the server with py-spy during the 32-connection
@@ -73,28 +74,6 @@ def _sign_png() -> bytes:
 
 
 # ---------------------------------------------------------------- servers (run in child processes)
-def _threads() -> None:
-    import torch
-
-    if os.environ.get("SIGNWATCH_BENCH_THREADS"):
-        torch.set_num_threads(int(os.environ["SIGNWATCH_BENCH_THREADS"]))
-
-
-def serve_rest(port: int) -> None:
-    import uvicorn
-
-    from signwatch.config import Settings
-    from signwatch_services.inference.server import build_core, create_app
-
-    _threads()
-    core = build_core(Settings(port=port))
-    try:
-        uvicorn.run(create_app(core), host="127.0.0.1", port=port, log_level="warning",
-                    http="httptools", loop="uvloop", access_log=False)
-    finally:
-        core.close()
-
-
 def serve_naive(port: int) -> None:
     """One request, one decode, one forward: what a handler without batching does."""
     import torch
@@ -105,7 +84,6 @@ def serve_naive(port: int) -> None:
     from signwatch.imaging import decode_image
     from signwatch.model import load_model, preprocess
 
-    _threads()
     model, spec = load_model(None)
     model = model.to(memory_format=torch.channels_last).eval()
     app = FastAPI()
@@ -129,36 +107,59 @@ def serve_naive(port: int) -> None:
 
 
 # ---------------------------------------------------------------- measurements
-def bare_images_per_s(seconds: float) -> float:
+def bare_images_per_s(seconds: float, workers: int | None = None) -> float:
+    """Batch-32 forwards for ``seconds``. ``workers``: that many threads at once, one PyTorch
+    thread each (the server's arrangement); None: one loop on PyTorch's default threads."""
+    import threading
+
     import torch
 
     from signwatch.model import load_model
 
-    _threads()
+    if workers:
+        torch.set_num_threads(1)
     model, spec = load_model(None)
     model = model.to(memory_format=torch.channels_last).eval()
-    batch = torch.randn(32, 3, spec.input_size, spec.input_size).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        for _ in range(3):
-            model(batch)
-        done, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            model(batch)
-            done += 32
-    return done / (time.perf_counter() - t0)
+    done = [0] * (workers or 1)
+
+    def run(i: int, until: float) -> None:
+        batch = torch.randn(32, 3, spec.input_size, spec.input_size).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            while time.perf_counter() < until:
+                model(batch)
+                done[i] += 32
+
+    run(0, time.perf_counter() + 0.5)  # warm-up
+    done[0] = 0
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=run, args=(i, t0 + seconds)) for i in range(workers or 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(done) / (time.perf_counter() - t0)
+
+
+def _bare_in_child(seconds: float, workers: int | None) -> float:
+    out = subprocess.run([sys.executable, __file__, "--bare", str(workers or 0), "--duration", str(seconds)],
+                         capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def _start(kind: str, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", kind, "--port", str(port)],
-                            env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    argv = ([sys.executable, "-m", "signwatch_services.cli", "serve", "inference", "--port", str(port)]
+            if kind == "rest" else [sys.executable, __file__, "--serve", kind, "--port", str(port)])
+    log = tempfile.TemporaryFile()  # the server's log, read back if it fails to start
+    proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=log)
     url = f"http://127.0.0.1:{port}"
     import httpx
 
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{kind} server exited: {proc.stderr.read().decode()[-2000:]}")
+            log.seek(0)
+            raise RuntimeError(f"{kind} server exited: {log.read().decode()[-2000:]}")
         try:
             if httpx.get(f"{url}/health/live", timeout=1).status_code == 200:
                 return proc, url
@@ -261,14 +262,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are kept")
     parser.add_argument("--profile", type=Path, default=None, help="py-spy top functions to this file")
-    parser.add_argument("--threads", type=int, default=None, help="PyTorch intra-op threads, every variant")
-    parser.add_argument("--serve", choices=["rest", "naive"], help=argparse.SUPPRESS)
+    parser.add_argument("--serve", choices=["naive"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--bare", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.threads:
-        os.environ["SIGNWATCH_BENCH_THREADS"] = str(args.threads)  # inherited by the servers
     if args.serve:
-        (serve_rest if args.serve == "rest" else serve_naive)(args.port)
+        serve_naive(args.port)
+        return 0
+    if args.bare is not None:
+        print(bare_images_per_s(args.duration, args.bare or None))
         return 0
     if shutil.which("wrk") is None:
         print("error: wrk not found; install it with `make wrk` (apt-get install wrk)", file=sys.stderr)
@@ -280,8 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     script.write_text(WRK_SCRIPT)
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else print
     d = args.duration
-    result: dict = {"machine": f"{os.cpu_count()} CPUs", "duration_s": d, "body_bytes": body.stat().st_size,
-                    "torch_threads": args.threads or "default"}
+    result: dict = {"machine": f"{os.cpu_count()} CPUs", "duration_s": d, "body_bytes": body.stat().st_size}
 
     unique = uuid.uuid4().hex[:8]
     env = _stack_env(unique)
@@ -295,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         servers["rest_capture"] = _start("rest", env)
     # Every variant runs once per round, rounds interleaved, medians kept: the machine's other load
     # drifts, and variants measured minutes apart would compare that drift, not the servers.
-    runs = {"bare": [], "naive_32": [], "naive_64": [], "rest_32": [], "rest_64": [], "rest_32_capture": []}
+    runs = {"bare": [], "bare_two_workers": [], "naive_32": [], "naive_64": [], "rest_32": [], "rest_64": [], "rest_32_capture": []}
     plan = [("naive_32", "naive", 32), ("naive_64", "naive", 64), ("rest_32", "rest", 32),
             ("rest_64", "rest", 64), ("rest_32_capture", "rest_capture", 32)]
     try:
@@ -303,8 +304,9 @@ def main(argv: list[str] | None = None) -> int:
             if server in servers:
                 _wrk(servers[server][1], body, conns, 2, script)
         for r in range(args.rounds):
-            say(f"round {r + 1}/{args.rounds}: bare, naive 32/64, REST 32/64, REST with capture 32 ({d:g} s each)")
-            runs["bare"].append(bare_images_per_s(d))
+            say(f"round {r + 1}/{args.rounds}: bare (2 ways), naive 32/64, REST 32/64, REST with capture 32 ({d:g} s each)")
+            runs["bare"].append(_bare_in_child(d, None))
+            runs["bare_two_workers"].append(_bare_in_child(d, 2))
             for key, server, conns in plan:
                 if server not in servers:
                     continue
@@ -322,9 +324,10 @@ def main(argv: list[str] | None = None) -> int:
         for proc, _ in servers.values():
             _stop(proc)
     result["bare_images_per_s"] = statistics.median(runs["bare"])
+    result["bare_two_workers_images_per_s"] = statistics.median(runs["bare_two_workers"])
     result["rounds"] = args.rounds
     for key, values in runs.items():
-        if key != "bare" and values:
+        if not key.startswith("bare") and values:
             result[key] = {
                 "requests_per_s": statistics.median(v["requests_per_s"] for v in values),
                 "p50_ms": statistics.median(v["p50_ms"] for v in values),
@@ -343,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     best = result[f"rest_{conns}"]["requests_per_s"]
     result["rest_best_connections"] = conns
     result["rest_vs_bare_ratio"] = best / result["bare_images_per_s"]
+    result["rest_vs_bare_two_workers_ratio"] = best / result["bare_two_workers_images_per_s"]
     naive = result[f"naive_{conns}"]["requests_per_s"]
     result["rest_vs_naive_ratio"] = best / naive if naive else None
     result["load_average"] = os.getloadavg()  # other work on the machine skews every figure
@@ -359,13 +363,15 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2))
     else:
         print(f"bare PyTorch batch 32:      {result['bare_images_per_s']:8.1f} images/s")
+        print(f"bare, 2 workers x 1 thread: {result['bare_two_workers_images_per_s']:8.1f} images/s")
         for key in ("naive_32", "naive_64", "rest_32", "rest_64", "rest_32_capture"):
             if key in result:
                 r = result[key]
                 print(f"{key:26s}  {r['requests_per_s']:8.1f} req/s  p50 {r['p50_ms']:7.2f} ms  "
                       f"p99 {r['p99_ms']:7.2f} ms  non-2xx {r['non_2xx']}")
         naive_ratio = result["rest_vs_naive_ratio"]
-        print(f"REST / bare:   {result['rest_vs_bare_ratio']:.2f}x   REST / naive: "
+        print(f"REST / bare:   {result['rest_vs_bare_ratio']:.2f}x   (/ bare 2 workers: "
+              f"{result['rest_vs_bare_two_workers_ratio']:.2f}x)   REST / naive: "
               f"{f'{naive_ratio:.2f}x' if naive_ratio else 'n/a (naive served nothing)'}   "
               f"load average {result['load_average'][0]:.1f}")
         if "capture_p50_overhead_pct" in result:

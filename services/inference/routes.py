@@ -1,32 +1,25 @@
-"""HTTP routes of the inference service: thin. Each reads the body, calls the inference core
-(``signwatch.serving``) and maps its answer or error to the protocol.
+"""The inference service's HTTP app: FastAPI, with the two invocation routes in front of it.
 
-- ``POST /invocations``, ``GET /ping``: SageMaker's container contract; errors ``{"error": {...}}``
-- ``POST /endpoints/{EndpointName}/invocations``: SageMaker's runtime API, as boto3 calls it
-- ``GET /health/live``, ``/health/ready``, ``/metrics`` (services/health.py)
+- ``POST /invocations``: SageMaker's container contract, and ``POST /endpoints/{EndpointName}/invocations``:
+  its runtime API, as boto3 calls it: answered by ``invocations.py``, a lean ASGI handler in front
+  of FastAPI (the hot path); declared here for the OpenAPI spec only
+- ``GET /ping``: the container contract's health check
+- ``GET /health/live``, ``/health/ready``, ``/metrics`` (services/health.py); ``/admin`` (admin.py)
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import ClientDisconnect
 
-from signwatch.imaging import ImageError
-from signwatch.serving import Invocation, InvocationError
 from signwatch.serving import sagemaker
 from signwatch_services.health import health_router
-from signwatch_services.http import error
 from signwatch_services.inference.admin import admin_router
+from signwatch_services.inference.invocations import InvocationsMiddleware
 
-log = logging.getLogger(__name__)
-
-INFERENCE_ID_HEADERS = ("x-amzn-sagemaker-inference-id", "x-inference-id")
 IMAGE_TYPES = ("image/png", "image/jpeg", "application/x-npy", "application/octet-stream")
 
 
@@ -51,35 +44,28 @@ SAGEMAKER_RESPONSES = {
     for code, status in sagemaker.ERRORS.values()
 }
 OK = {200: {"description": "top-k predictions (one list per image for a batch)", **_schema("Predictions")}}
+_METHOD = {405: {"description": "not POST", **_schema("Error")}}
 
 
-class BodyError(Exception):
-    pass
+def _documented_invocations() -> APIRouter:
+    """The invocation routes as the OpenAPI spec shows them; ``InvocationsMiddleware`` answers them
+    before FastAPI's router is reached, so these bodies never run."""
+    docs = APIRouter()
 
+    @docs.post("/invocations", responses={**OK, **ERROR_RESPONSES, **_METHOD}, openapi_extra=REQUEST_BODY,
+               summary="Invocations (SageMaker's container contract)")
+    async def invocations() -> None:
+        raise AssertionError("answered by InvocationsMiddleware")
 
-async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
-    """The whole body, at most ``limit`` bytes, within ``timeout_s`` (a Content-Length larger than
-    what arrives would otherwise hold the request open for as long as the client likes)."""
-    chunks, size = [], 0
-    try:
-        async with asyncio.timeout(timeout_s):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise ImageError(f"body exceeds the {limit}-byte limit", 413)
-                chunks.append(chunk)
-    except TimeoutError:
-        raise ImageError(f"the body did not arrive within {timeout_s:g} s ({size} bytes received)", 408) from None
-    except ClientDisconnect:
-        client = f"{request.client.host}:{request.client.port}" if request.client else "?"
-        log.warning("client %s disconnected after %d of %s body bytes (%s %s)", client, size,
-                    request.headers.get("content-length", "?"), request.method, request.url.path)
-        raise BodyError() from None
-    return b"".join(chunks)
+    @docs.post("/endpoints/{EndpointName}/invocations", responses={**OK, **SAGEMAKER_RESPONSES, **_METHOD},
+               openapi_extra=REQUEST_BODY, summary="InvokeEndpoint (SageMaker's runtime API)")
+    async def invoke_endpoint(EndpointName: str) -> None:  # noqa: N803 - boto3's name
+        raise AssertionError("answered by InvocationsMiddleware")
+
+    return docs
 
 
 def create_app(core) -> FastAPI:
-    settings = core.settings
     service = core.service
 
     @asynccontextmanager
@@ -93,54 +79,9 @@ def create_app(core) -> FastAPI:
 
     app = FastAPI(title="signwatch inference", version=core.spec.version, lifespan=lifespan)
     app.state.core = core
+    app.add_middleware(InvocationsMiddleware, core=core)
+    app.include_router(_documented_invocations())
     app.include_router(admin_router(core))
-
-    async def call(request: Request, inference_id: str | None):
-        """The body read and the core called, inside the admission bound. Returns an Answer or None
-        when the client went away."""
-        declared = request.headers.get("content-length")
-        reservation = service.admit(int(declared) if declared and declared.isdigit() else None)
-        try:
-            try:
-                body = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
-            except ImageError as exc:
-                raise service.refuse_input(exc) from None
-            except BodyError:
-                return None
-            return await service.invoke(Invocation(
-                body=body, content_type=request.headers.get("content-type"), inference_id=inference_id,
-                custom_attributes=request.headers.get(sagemaker.CUSTOM_ATTRIBUTES)))
-        finally:
-            service.release(reservation)
-
-    @app.post("/invocations", responses={**OK, **ERROR_RESPONSES}, openapi_extra=REQUEST_BODY)
-    async def invocations(request: Request) -> Response:
-        inference_id = next((request.headers[h] for h in INFERENCE_ID_HEADERS if h in request.headers), None)
-        try:
-            answer = await call(request, inference_id)
-        except InvocationError as exc:
-            return error(exc.status, exc.code, exc.message)
-        if answer is None:
-            return Response(status_code=400)
-        return Response(answer.body, media_type=answer.content_type,
-                        headers={"X-Signwatch-Event-Id": ",".join(answer.event_ids)})
-
-    @app.post("/endpoints/{EndpointName}/invocations", responses={**OK, **SAGEMAKER_RESPONSES},
-              openapi_extra=REQUEST_BODY)
-    async def invoke_endpoint(EndpointName: str, request: Request) -> Response:  # noqa: N803 - boto3's name
-        try:
-            sagemaker.check_call(EndpointName, request.headers, settings.endpoint, settings.variant)
-            answer = await call(request, request.headers.get(sagemaker.INFERENCE_ID))
-        except InvocationError as exc:
-            status, headers, body = sagemaker.error_response(exc)
-            return JSONResponse(body, status_code=status, headers=headers)
-        if answer is None:
-            return Response(status_code=400)
-        headers = {sagemaker.INVOKED_VARIANT: settings.variant, "X-Signwatch-Event-Id": ",".join(answer.event_ids)}
-        attributes = request.headers.get(sagemaker.CUSTOM_ATTRIBUTES)
-        if attributes is not None:
-            headers["X-Amzn-SageMaker-Custom-Attributes"] = attributes
-        return Response(answer.body, media_type=answer.content_type, headers=headers)
 
     @app.get("/ping")
     async def ping() -> JSONResponse:

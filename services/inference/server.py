@@ -55,10 +55,8 @@ def build_core(settings: Settings, ports: Ports | None = None) -> InferenceCore:
         bus=ports.bus, store=ports.store, topic=settings.inference_topic, registry=registry,
         max_events=settings.event_buffer_events, max_bytes=settings.event_buffer_bytes,
     ) if settings.publish_events else None
-    batcher = MicroBatcher(classifier.predict, settings.max_batch_size, settings.max_batch_wait_ms,
-                           max_queue=settings.inference_queue_size, registry=registry)
-    service = InferenceService(settings, classifier, batcher, publisher, registry)
-    core = InferenceCore(settings, ports, classifier, batcher, publisher, registry, service)
+    service = InferenceService(settings, classifier, publisher, registry)
+    core = InferenceCore(settings, ports, classifier, service.batcher, publisher, registry, service)
     core.debugger = debugger
     return core
 
@@ -68,14 +66,3 @@ def create_app(core: InferenceCore):
 
     return _create_app(core)
 
-
-def serve(settings: Settings) -> None:
-    import uvicorn
-
-    core = build_core(settings)
-    try:
-        # httptools + uvloop: the measured fast path (benchmarks/serving.py); no access log per request
-        uvicorn.run(create_app(core), host=settings.host, port=settings.port, log_level="info",
-                    http="httptools", loop="uvloop", access_log=False)
-    finally:
-        core.close()

@@ -8,7 +8,6 @@ the HTTP layer turns into a 4xx JSON answer.
 from __future__ import annotations
 
 import io
-import warnings
 
 import numpy as np
 from PIL import Image
@@ -70,6 +69,12 @@ def decode_request(data: bytes, content_type: str | None, max_side: int = 4096,
                    max_pixels: int = MAX_PIXELS, max_batch: int = MAX_BATCH_IMAGES
                    ) -> tuple[list[np.ndarray], bool]:
     """The images, and whether the body was a batch (a 4-D ``.npy``) rather than one image."""
+    return decode_checked(data, check_request(data, content_type), max_side, max_pixels, max_batch)
+
+
+def check_request(data: bytes, content_type: str | None) -> str:
+    """What the body is (``png``, ``jpeg`` or ``npy``), from its declared type and magic bytes
+    only: cheap enough for an event loop. Raises ImageError (400, 415) without decoding."""
     if not data:
         raise ImageError("empty body: send a PNG, JPEG or .npy image")
     ctype = (content_type or "application/octet-stream").split(";")[0].strip().lower()
@@ -85,29 +90,36 @@ def decode_request(data: bytes, content_type: str | None, max_side: int = 4096,
         raise ImageError(f"body is not a PNG, JPEG or .npy file (content type {ctype})")
     if declared is not None and declared != kind:
         raise ImageError(f"content type says {declared} but the body is {kind}")
+    return kind
+
+
+def decode_checked(data: bytes, kind: str, max_side: int = 4096, max_pixels: int = MAX_PIXELS,
+                   max_batch: int = MAX_BATCH_IMAGES) -> tuple[list[np.ndarray], bool]:
+    """Decode a body ``check_request`` classified as ``kind``: the CPU-heavy part."""
     if kind == "npy":
         return _decode_npy(data, max_side, max_pixels, max_batch)
     return [_decode_pil(data, max_side, max_pixels)], False
 
 
 def _decode_pil(data: bytes, max_side: int, max_pixels: int) -> np.ndarray:
+    # The size checks below come before any pixel is decoded, and are far stricter than PIL's
+    # decompression-bomb warning (89 megapixels), so no warnings filter is needed: it would be
+    # process-wide state, and decodes run in several threads at once.
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as probe:
-                width, height = probe.size
-                if width > max_side or height > max_side:
-                    raise ImageError(f"image is {width}x{height}; the limit is {max_side} px a side", 413)
-                if width * height > max_pixels:
-                    raise ImageError(f"image is {width}x{height} = {width * height} pixels; "
-                                     f"the limit is {max_pixels}", 413)
-                probe.verify()  # checks the structure (CRC, truncation) without decoding pixels
-            with Image.open(io.BytesIO(data)) as img:
-                img.load()
-                return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+        with Image.open(io.BytesIO(data)) as probe:
+            width, height = probe.size
+            if width > max_side or height > max_side:
+                raise ImageError(f"image is {width}x{height}; the limit is {max_side} px a side", 413)
+            if width * height > max_pixels:
+                raise ImageError(f"image is {width}x{height} = {width * height} pixels; "
+                                 f"the limit is {max_pixels}", 413)
+            probe.verify()  # checks the structure (CRC, truncation) without decoding pixels
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
     except ImageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise ImageError(f"image too large: {exc}", 413) from exc
     except Exception as exc:  # PIL raises many types for corrupt files
         raise ImageError(f"corrupt or truncated image: {exc}") from exc

@@ -112,11 +112,15 @@ def prometheus(loop, tmp_path_factory):
 
     def up():
         assert proc.poll() is None, (root / "prometheus.log").read_text()[-2000:]
-        try:
-            r = httpx.get(f"{api}/api/v1/query", params={"query": "up"}, timeout=2).json()
+        try:  # /-/ready answers 503 in plain text until the TSDB has opened: not ready yet
+            if httpx.get(f"{api}/-/ready", timeout=2).status_code != 200:
+                return False
+            r = httpx.get(f"{api}/api/v1/query", params={"query": "up"}, timeout=2)
         except httpx.HTTPError:
             return False
-        return any(s["value"][1] == "1" for s in r["data"]["result"])
+        if r.status_code != 200:
+            return False
+        return any(s["value"][1] == "1" for s in r.json()["data"]["result"])
 
     try:
         wait_until(up, 60, 0.3, "Prometheus to scrape the service")

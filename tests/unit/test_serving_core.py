@@ -7,6 +7,7 @@ import asyncio
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from fastapi.testclient import TestClient
@@ -110,3 +111,86 @@ def test_a_claim_check_waits_for_the_store_then_the_event_flows(tmp_path):
     [message] = bus.consumer(["t"], "g2").poll(timeout_ms=200)
     assert message.key == event.event_id and store.get("inputs/x.png") == raw
     publisher.close()
+
+
+def test_two_workers_run_two_forwards_at_once_and_split_what_is_queued():
+    both_running = threading.Barrier(2, timeout=5)  # broken (and the test failed) if one waits alone
+    sizes = []
+
+    def predict(items):
+        sizes.append(len(items))
+        both_running.wait()
+        return [f"r{i}" for i in items]
+
+    async def scenario():
+        batcher = MicroBatcher(predict, max_batch_size=32, max_wait_ms=1000, max_queue=16, workers=2)
+        await batcher.start()
+        results = await asyncio.gather(*[batcher.enqueue(i) for i in range(4)])
+        await batcher.stop()
+        return results
+
+    assert asyncio.run(scenario()) == ["r0", "r1", "r2", "r3"]
+    assert sizes == [2, 2]  # four queued, two free workers: two halves side by side, not 4 and 0
+
+
+def test_a_lone_request_does_not_wait_for_company():
+    async def scenario():
+        batcher = MicroBatcher(lambda items: list(items), max_batch_size=32, max_wait_ms=5000, workers=2)
+        await batcher.start()
+        t0 = time.monotonic()
+        result = await batcher.enqueue("alone")
+        took = time.monotonic() - t0
+        await batcher.stop()
+        return result, took
+
+    result, took = asyncio.run(scenario())
+    assert result == "alone" and took < 1.0  # max_wait is 5 s: its share (1) was reached at once
+
+
+def test_a_free_worker_waits_for_its_share_while_the_other_runs():
+    release, sizes = threading.Event(), []
+
+    def predict(items):
+        sizes.append(len(items))
+        if len(sizes) == 1:
+            release.wait(10)  # the first batch holds its worker
+        return list(items)
+
+    async def scenario():
+        batcher = MicroBatcher(predict, max_batch_size=32, max_wait_ms=2000, workers=2)
+        await batcher.start()
+        first = [batcher.enqueue(f"a{i}") for i in range(8)]  # split 4 + 4; hold the first 4
+        await asyncio.sleep(0.2)
+        # the second worker is free again; 3 arrive, then (within its wait) 1 more: it waits for 4,
+        # the size of the batch running beside it, rather than leaving with the first arrival
+        later = [batcher.enqueue(f"b{i}") for i in range(3)]
+        await asyncio.sleep(0.2)
+        later.append(batcher.enqueue("b3"))
+        done = await asyncio.gather(*later)
+        release.set()
+        await asyncio.gather(*first)
+        await batcher.stop()
+        return done
+
+    assert asyncio.run(scenario()) == ["b0", "b1", "b2", "b3"]
+    assert sizes[:3] == [4, 4, 4]
+
+
+def test_a_corrupt_image_in_a_batch_gets_its_400_and_the_others_their_answers(tmp_path):
+    from signwatch_services.inference.server import build_core, create_app
+
+    settings = Settings(bus_url="memory://corrupt-in-batch", store_url=tmp_path.as_uri(), state_url="memory://",
+                        max_batch_wait_ms=200)
+    core = build_core(settings)
+    good = png_bytes()
+    with TestClient(create_app(core)) as client:
+        with ThreadPoolExecutor(4) as pool:  # sent together: they share a batch
+            bodies = [good, good[:60], good, b"\x89PNG\r\n\x1a\n" + b"\x00" * 100]
+            answers = list(pool.map(lambda b: client.post("/invocations", content=b,
+                                                          headers={"content-type": "image/png"}), bodies))
+        assert [r.status_code for r in answers] == [200, 400, 200, 400]
+        assert answers[1].json()["error"]["code"] == "bad_image"
+        assert answers[0].json()["predictions"] == answers[2].json()["predictions"]
+        r = client.get("/invocations")
+        assert r.status_code == 405 and r.headers["allow"] == "POST" and r.json()["error"]["code"]
+    core.close()

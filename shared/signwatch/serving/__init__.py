@@ -1,11 +1,11 @@
 """Serving: the one inference core every transport calls, and SageMaker's runtime API shapes.
 
-    service = InferenceService(settings, classifier, batcher, publisher, registry)
+    service = InferenceService(settings, classifier, publisher, registry)  # owns the micro-batcher
     answer = await service.invoke(Invocation(body, content_type, inference_id=..., custom_attributes=...))
     # answer.body: the response bytes; answer.event_ids: one event per image
 
-Validation, decoding (in a bounded thread pool, never on the event loop), prediction (the
-bounded micro-batcher), the response bytes and the events are built in one place
+Validation, decoding (never on the event loop: in the forward worker with its batch, or for
+``.npy`` bodies in a bounded thread pool), prediction (the bounded micro-batcher), the response bytes and the events are built in one place
 (``core.py``); an HTTP route only reads the body, calls ``invoke`` and maps ``InvocationError``
 to its protocol (``sagemaker.py`` for the runtime API's error shapes).
 """
