@@ -296,15 +296,17 @@ def main(argv: list[str] | None = None) -> int:
         servers["rest_capture"] = _start("rest", env)
     # Every variant runs once per round, rounds interleaved, medians kept: the machine's other load
     # drifts, and variants measured minutes apart would compare that drift, not the servers.
-    runs = {"bare": [], "bare_two_workers": [], "naive_32": [], "naive_64": [], "rest_32": [], "rest_64": [], "rest_32_capture": []}
-    plan = [("naive_32", "naive", 32), ("naive_64", "naive", 64), ("rest_32", "rest", 32),
-            ("rest_64", "rest", 64), ("rest_32_capture", "rest_capture", 32)]
+    runs = {"bare": [], "bare_two_workers": [], "naive_32": [], "naive_64": [], "rest_1": [], "rest_32": [],
+            "rest_64": [], "rest_1_capture": [], "rest_32_capture": []}
+    plan = [("naive_32", "naive", 32), ("naive_64", "naive", 64), ("rest_1", "rest", 1), ("rest_32", "rest", 32),
+            ("rest_64", "rest", 64), ("rest_1_capture", "rest_capture", 1), ("rest_32_capture", "rest_capture", 32)]
     try:
         for _, server, conns in plan:  # warm-up
             if server in servers:
                 _wrk(servers[server][1], body, conns, 2, script)
         for r in range(args.rounds):
-            say(f"round {r + 1}/{args.rounds}: bare (2 ways), naive 32/64, REST 32/64, REST with capture 32 ({d:g} s each)")
+            say(f"round {r + 1}/{args.rounds}: bare (2 ways), naive 32/64, REST 1/32/64, REST with capture 1/32 "
+                f"({d:g} s each)")
             runs["bare"].append(_bare_in_child(d, None))
             runs["bare_two_workers"].append(_bare_in_child(d, 2))
             for key, server, conns in plan:
@@ -350,10 +352,12 @@ def main(argv: list[str] | None = None) -> int:
     naive = result[f"naive_{conns}"]["requests_per_s"]
     result["rest_vs_naive_ratio"] = best / naive if naive else None
     result["load_average"] = os.getloadavg()  # other work on the machine skews every figure
-    if "rest_32_capture" in result:
+    if "rest_32_capture" in result:  # under load (32 clients), and for one client alone
         on, off = result["rest_32_capture"]["p50_ms"], result["rest_32"]["p50_ms"]
         result["capture_p50_overhead_pct"] = 100 * (on - off) / off
         result["capture_p99_ms"] = result["rest_32_capture"]["p99_ms"]
+        on, off = result["rest_1_capture"]["p50_ms"], result["rest_1"]["p50_ms"]
+        result["capture_p50_overhead_pct_1_client"] = 100 * (on - off) / off
     shutil.rmtree(tmp, ignore_errors=True)
     failed = [k for k, v in result.items() if isinstance(v, dict) and v.get("non_2xx")]
     if failed:  # a ratio over failing requests would measure nothing
@@ -364,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"bare PyTorch batch 32:      {result['bare_images_per_s']:8.1f} images/s")
         print(f"bare, 2 workers x 1 thread: {result['bare_two_workers_images_per_s']:8.1f} images/s")
-        for key in ("naive_32", "naive_64", "rest_32", "rest_64", "rest_32_capture"):
+        for key in ("naive_32", "naive_64", "rest_1", "rest_32", "rest_64", "rest_1_capture", "rest_32_capture"):
             if key in result:
                 r = result[key]
                 print(f"{key:26s}  {r['requests_per_s']:8.1f} req/s  p50 {r['p50_ms']:7.2f} ms  "
@@ -375,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{f'{naive_ratio:.2f}x' if naive_ratio else 'n/a (naive served nothing)'}   "
               f"load average {result['load_average'][0]:.1f}")
         if "capture_p50_overhead_pct" in result:
-            print(f"capture adds {result['capture_p50_overhead_pct']:+.1f}% to p50; "
+            print(f"capture adds {result['capture_p50_overhead_pct']:+.1f}% to p50 at 32 clients, "
+                  f"{result['capture_p50_overhead_pct_1_client']:+.1f}% for one client; "
                   f"{result['capture_records_per_s']:.0f} records/s into S3")
         else:
             print(f"capture: {result.get('capture_skipped')}")

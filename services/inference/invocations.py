@@ -9,7 +9,8 @@ Request and Response objects) a request took 1.0 ms of event-loop time, here 0.5
 wrk with 64 connections on the 2-core CPU: 1,900 against 1,000 requests/s), and on two cores that
 loop time is taken from the forward passes. Everything else the service answers is FastAPI's,
 and its OpenAPI spec documents these two routes too (``routes.py``). This handler only reads the
-body, calls the inference core and maps its answer or error to the protocol.
+body, calls the inference core, maps its answer or error to the protocol and, once the answer
+is sent, publishes the events.
 """
 
 from __future__ import annotations
@@ -75,7 +76,10 @@ class InvocationsMiddleware:
             return await _send(send, exc.status, {"error": {"code": exc.code, "message": exc.message}})
         except _Disconnected:
             return await _send(send, 400, None)
-        await _send_answer(send, answer, [(b"x-signwatch-event-id", ",".join(answer.event_ids).encode())])
+        try:
+            await _send_answer(send, answer, [(b"x-signwatch-event-id", ",".join(answer.event_ids).encode())])
+        finally:
+            self.service.publish(answer)
 
     async def _runtime(self, scope, receive, send, headers: dict, endpoint_name: str) -> None:
         s = self.settings
@@ -92,7 +96,10 @@ class InvocationsMiddleware:
         attributes = headers.get(sagemaker.CUSTOM_ATTRIBUTES)
         if attributes is not None:
             out.append((sagemaker.CUSTOM_ATTRIBUTES.encode(), attributes.encode("latin-1")))
-        await _send_answer(send, answer, out)
+        try:
+            await _send_answer(send, answer, out)
+        finally:
+            self.service.publish(answer)
 
     async def _call(self, scope, receive, headers: dict, inference_id: str | None):
         """The body read and the core called, inside the admission bound."""

@@ -141,6 +141,17 @@ class EventPublisher:
                 self._lock.wait(0.5)
             return lane.popleft()
 
+    def _take_all(self, lane: deque) -> list[_Item] | None:
+        """Everything waiting in ``lane`` (one wake-up for a burst of events), None once closed."""
+        with self._lock:
+            while not lane:
+                if self._closing.is_set():
+                    return None
+                self._lock.wait(0.5)
+            items = list(lane)
+            lane.clear()
+            return items
+
     def _retry(self, step: str, action) -> bool:
         """Run ``action`` until it succeeds (True) or the publisher is closed (False)."""
         delay = self.backoff_s
@@ -169,12 +180,13 @@ class EventPublisher:
                 self._lock.notify_all()
 
     def _bus_lane(self) -> None:
-        while (item := self._take(self._ready)) is not None:
-            value = item.event.to_bytes()
-            ok = self._retry("bus", lambda: self.bus.publish(
-                self.topic, item.event.event_id, value, on_delivery=self._on_delivery(item)))
-            if not ok:
-                self._fail(item, "closed before the bus took the event")
+        while (items := self._take_all(self._ready)) is not None:
+            for item in items:
+                value = item.event.to_bytes()
+                ok = self._retry("bus", lambda: self.bus.publish(
+                    self.topic, item.event.event_id, value, on_delivery=self._on_delivery(item)))
+                if not ok:
+                    self._fail(item, "closed before the bus took the event")
 
     def _on_delivery(self, item: _Item):
         def done(error: Exception | None) -> None:

@@ -73,6 +73,7 @@ class Answer:
     body: bytes
     event_ids: list[str]
     content_type: str = RESPONSE_TYPE
+    _events: tuple | None = field(default=None, repr=False)  # what ``publish`` builds the events from
 
 
 @dataclass
@@ -176,10 +177,16 @@ class InferenceService:
         else:
             body = texts[0].encode()
         latency_ms = (time.perf_counter() - started) * 1000
-        if self.publisher is not None:
-            self._publish(call, prepared, event_ids, outputs, texts, when, latency_ms)
         self.latency.observe(latency_ms / 1000)
-        return Answer(body=body, event_ids=event_ids)
+        events = (call, prepared, event_ids, outputs, texts, when, latency_ms) if self.publisher is not None else None
+        return Answer(body=body, event_ids=event_ids, _events=events)
+
+    def publish(self, answer: Answer) -> None:
+        """Hand the answer's events to the publisher (an enqueue). The transport calls it once the
+        answer is sent, so that the client does not wait for the events to be built."""
+        if answer._events is not None:
+            self._publish(*answer._events)
+            answer._events = None
 
     def _validate(self, call: Invocation) -> None:
         if call.inference_id is not None and not 1 <= len(call.inference_id) <= MAX_INFERENCE_ID:
