@@ -46,15 +46,17 @@ class Settings(BaseSettings):
     max_image_side: int = Field(4096, ge=8)
     max_image_pixels: int = Field(1024 * 1024, ge=64, description="decoded pixels per image")
     max_batch_images: int = Field(64, ge=1, description="images in one .npy batch request")
-    max_batch_size: int = Field(32, ge=1)
+    max_batch_size: int = Field(32, ge=1, description="images in one forward pass, at most")
     # Two forwards side by side, one PyTorch thread each: on the 2-core CPU two batch-32 forwards
     # on one thread each give 768 images/s, one forward on two threads 585-667 (its OpenMP threads
     # wait for each other, and for the event loop when it takes a core).
-    forward_workers: int = Field(2, ge=1, description="forward passes run at once, each in its own thread")
+    forward_workers: int = Field(2, ge=1, description="forward passes run at once, each in its own thread "
+                                 "(one per core the pod may use)")
     torch_threads: int | None = Field(
         1, ge=1, description="PyTorch intra-op threads of a `serve inference` (or `all`) process; unset: PyTorch's default")
     access_log: bool = Field(False, description="one log line per HTTP request (uvicorn's access log)")
-    max_batch_wait_ms: float = Field(5.0, ge=0)
+    max_batch_wait_ms: float = Field(
+        5.0, ge=0, description="the longest a free forward worker waits to gather its fair share of requests")
     inference_queue_size: int = Field(512, ge=1, description="images waiting for the model; then 429")
     max_inflight_bytes: int = Field(192 * 1024 * 1024, ge=1024, description="request bodies held at once")
     decode_workers: int = Field(2, ge=1, description="images decoded at once")
