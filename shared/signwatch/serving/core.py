@@ -92,6 +92,7 @@ class _Queued:
     event_id: str
     image: object = None  # np.ndarray
     body: bytes | None = None
+    kind: str | None = None  # what check_request found the body to be
 
 
 @dataclass
@@ -164,7 +165,7 @@ class InferenceService:
                 prepared = _Prepared([None], SNIFFED_TYPES[kind], [call.body], [None], False)
             event_ids = [new_id() for _ in prepared.raws]
             answers = await self._predict([
-                _Queued(event_id, image=image, body=None if image is not None else raw)
+                _Queued(event_id, image=image, body=None if image is not None else raw, kind=kind)
                 for event_id, image, raw in zip(event_ids, prepared.images, prepared.raws)])
         except ImageError as exc:
             raise self.refuse_input(exc) from None
@@ -213,8 +214,7 @@ class InferenceService:
         for i, item in enumerate(queued):
             if item.image is None:
                 try:
-                    kind = check_request(item.body, None)
-                    item.image = decode_checked(item.body, kind, s.max_image_side, s.max_image_pixels, 1)[0][0]
+                    item.image = decode_checked(item.body, item.kind, s.max_image_side, s.max_image_pixels, 1)[0][0]
                 except ImageError as exc:
                     answers[i] = exc
                     continue
