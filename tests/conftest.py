@@ -26,6 +26,19 @@ def wait_until(predicate, timeout_s: float = 30.0, interval_s: float = 0.05, wha
         time.sleep(interval_s)
 
 
+def stop_processes(*procs, grace_s: float = 60) -> None:
+    """SIGTERM every process at once, then wait for each; SIGKILL one that outlasts ``grace_s``."""
+    import subprocess
+
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 @pytest.fixture
 def unique() -> str:
     return uuid.uuid4().hex[:10]
@@ -99,9 +112,5 @@ def running_service(argv: list[str], env: dict, log_path: Path, base: str, cwd: 
         wait_until(ready, timeout_s, 0.2, f"`signwatch {' '.join(argv)}` to be ready")
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_processes(proc)
         log.close()

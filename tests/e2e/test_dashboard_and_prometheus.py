@@ -35,7 +35,7 @@ from signwatch.model import load_model
 from signwatch.model.core import to_unit_tensor
 from signwatch.stack import stack_env
 from signwatch_services.demo import DEMO_EPS, DEMO_STEPS
-from tests.conftest import PROJECT, running_service, wait_until
+from tests.conftest import PROJECT, running_service, stop_processes, wait_until
 from tests.e2e.test_loop_on_real_stack import _free_port
 
 pytestmark = pytest.mark.stack
@@ -126,11 +126,7 @@ def prometheus(loop, tmp_path_factory):
         wait_until(up, 60, 0.3, "Prometheus to scrape the service")
         yield api
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_processes(proc, grace_s=30)
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ import torch
 from signwatch.debugger import DEFAULT_INCLUDE_REGEX, create_trial, fullgrad_from_trial, modes
 from signwatch.model import load_model
 from signwatch.stack import stack_env
-from tests.conftest import PROJECT, wait_until
+from tests.conftest import PROJECT, stop_processes, wait_until
 from tests.smdebug.venv import read_with_smdebug
 from tests.unit.helpers import png_bytes
 
@@ -106,13 +106,7 @@ def recorded(stack, tmp_path_factory):
             yield {"trial": trial, "uri": uri, "sent": sent, "workers": workers, "env": env, "s3": s3,
                    "endpoint": endpoint}
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(*procs)
         if "trial" in locals():  # leave the shared bucket as it was
             for prefix in (f"tensors/{endpoint}/", f"smdebug-exports/{endpoint}/"):
                 for key in trial.store.list(prefix):
