@@ -2,9 +2,11 @@
 measured in the same run:
 
 - ``bare``: bare PyTorch, batch-32 forward passes of the shipped model on ready tensors (images/s),
-  with PyTorch's default threads (one per core); beside it ``bare_two_workers``: the server's own
-  arrangement (two threads, each forwarding batches of 32 on one PyTorch thread), so that the
-  serving overhead can be read off against both
+  eager, with PyTorch's default threads (one per core): what a user's own loop gets. The server
+  runs frozen graphs (signwatch.model.frozen), so beside it ``bare_frozen``: the same graphs on the
+  same threads, and ``bare_two_workers``: the server's own arrangement (two threads, each
+  forwarding batches of 32 of the frozen graph on one PyTorch thread). The serving overhead
+  proper is read off against these two; against ``bare`` the ratio also holds the graphs' gain
 - ``rest``: the inference service as users run it (``signwatch serve inference``: uvicorn +
   httptools + uvloop, the micro-batcher, its default settings), driven by Debian's ``wrk``
   (compiled: the client takes little of the server's CPU) with 32 and 64 connections, capture off
@@ -107,19 +109,23 @@ def serve_naive(port: int) -> None:
 
 
 # ---------------------------------------------------------------- measurements
-def bare_images_per_s(seconds: float, workers: int | None = None) -> float:
+def bare_images_per_s(seconds: float, workers: int | None = None, graph: str = "eager") -> float:
     """Batch-32 forwards for ``seconds``. ``workers``: that many threads at once, one PyTorch
-    thread each (the server's arrangement); None: one loop on PyTorch's default threads."""
+    thread each (the server's arrangement); None: one loop on PyTorch's default threads.
+    ``graph``: the eager model, or the frozen graphs the server runs."""
     import threading
 
     import torch
 
     from signwatch.model import load_model
+    from signwatch.model.frozen import FrozenForward
 
     if workers:
         torch.set_num_threads(1)
     model, spec = load_model(None)
     model = model.to(memory_format=torch.channels_last).eval()
+    if graph == "frozen":
+        model = FrozenForward(model, spec)
     done = [0] * (workers or 1)
 
     def run(i: int, until: float) -> None:
@@ -140,9 +146,9 @@ def bare_images_per_s(seconds: float, workers: int | None = None) -> float:
     return sum(done) / (time.perf_counter() - t0)
 
 
-def _bare_in_child(seconds: float, workers: int | None) -> float:
-    out = subprocess.run([sys.executable, __file__, "--bare", str(workers or 0), "--duration", str(seconds)],
-                         capture_output=True, text=True, check=True)
+def _bare_in_child(seconds: float, workers: int | None, graph: str) -> float:
+    out = subprocess.run([sys.executable, __file__, "--bare", str(workers or 0), "--graph", graph,
+                          "--duration", str(seconds)], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -265,12 +271,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve", choices=["naive"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--bare", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--graph", choices=["eager", "frozen"], default="eager", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
         serve_naive(args.port)
         return 0
     if args.bare is not None:
-        print(bare_images_per_s(args.duration, args.bare or None))
+        print(bare_images_per_s(args.duration, args.bare or None, args.graph))
         return 0
     if shutil.which("wrk") is None:
         print("error: wrk not found; install it with `make wrk` (apt-get install wrk)", file=sys.stderr)
@@ -296,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         servers["rest_capture"] = _start("rest", env)
     # Every variant runs once per round, rounds interleaved, medians kept: the machine's other load
     # drifts, and variants measured minutes apart would compare that drift, not the servers.
-    runs = {"bare": [], "bare_two_workers": [], "naive_32": [], "naive_64": [], "rest_1": [], "rest_32": [],
+    runs = {"bare": [], "bare_frozen": [], "bare_two_workers": [], "naive_32": [], "naive_64": [], "rest_1": [], "rest_32": [],
             "rest_64": [], "rest_1_capture": [], "rest_32_capture": []}
     plan = [("naive_32", "naive", 32), ("naive_64", "naive", 64), ("rest_1", "rest", 1), ("rest_32", "rest", 32),
             ("rest_64", "rest", 64), ("rest_1_capture", "rest_capture", 1), ("rest_32_capture", "rest_capture", 32)]
@@ -305,10 +312,11 @@ def main(argv: list[str] | None = None) -> int:
             if server in servers:
                 _wrk(servers[server][1], body, conns, 2, script)
         for r in range(args.rounds):
-            say(f"round {r + 1}/{args.rounds}: bare (2 ways), naive 32/64, REST 1/32/64, REST with capture 1/32 "
+            say(f"round {r + 1}/{args.rounds}: bare (3 ways), naive 32/64, REST 1/32/64, REST with capture 1/32 "
                 f"({d:g} s each)")
-            runs["bare"].append(_bare_in_child(d, None))
-            runs["bare_two_workers"].append(_bare_in_child(d, 2))
+            runs["bare"].append(_bare_in_child(d, None, "eager"))
+            runs["bare_frozen"].append(_bare_in_child(d, None, "frozen"))
+            runs["bare_two_workers"].append(_bare_in_child(d, 2, "frozen"))
             for key, server, conns in plan:
                 if server not in servers:
                     continue
@@ -326,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         for proc, _ in servers.values():
             _stop(proc)
     result["bare_images_per_s"] = statistics.median(runs["bare"])
+    result["bare_frozen_images_per_s"] = statistics.median(runs["bare_frozen"])
     result["bare_two_workers_images_per_s"] = statistics.median(runs["bare_two_workers"])
     result["rounds"] = args.rounds
     for key, values in runs.items():
@@ -348,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     best = result[f"rest_{conns}"]["requests_per_s"]
     result["rest_best_connections"] = conns
     result["rest_vs_bare_ratio"] = best / result["bare_images_per_s"]
+    result["rest_vs_bare_frozen_ratio"] = best / result["bare_frozen_images_per_s"]
     result["rest_vs_bare_two_workers_ratio"] = best / result["bare_two_workers_images_per_s"]
     naive = result[f"naive_{conns}"]["requests_per_s"]
     result["rest_vs_naive_ratio"] = best / naive if naive else None
@@ -366,15 +376,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"bare PyTorch batch 32:      {result['bare_images_per_s']:8.1f} images/s")
-        print(f"bare, 2 workers x 1 thread: {result['bare_two_workers_images_per_s']:8.1f} images/s")
+        print(f"bare PyTorch batch 32:      {result['bare_images_per_s']:8.1f} images/s (eager)")
+        print(f"bare, frozen graphs:        {result['bare_frozen_images_per_s']:8.1f} images/s")
+        print(f"bare, 2 workers x 1 thread: {result['bare_two_workers_images_per_s']:8.1f} images/s (frozen)")
         for key in ("naive_32", "naive_64", "rest_1", "rest_32", "rest_64", "rest_1_capture", "rest_32_capture"):
             if key in result:
                 r = result[key]
                 print(f"{key:26s}  {r['requests_per_s']:8.1f} req/s  p50 {r['p50_ms']:7.2f} ms  "
                       f"p99 {r['p99_ms']:7.2f} ms  non-2xx {r['non_2xx']}")
         naive_ratio = result["rest_vs_naive_ratio"]
-        print(f"REST / bare:   {result['rest_vs_bare_ratio']:.2f}x   (/ bare 2 workers: "
+        print(f"REST / bare:   {result['rest_vs_bare_ratio']:.2f}x   (/ bare frozen: "
+              f"{result['rest_vs_bare_frozen_ratio']:.2f}x, / bare 2 workers: "
               f"{result['rest_vs_bare_two_workers_ratio']:.2f}x)   REST / naive: "
               f"{f'{naive_ratio:.2f}x' if naive_ratio else 'n/a (naive served nothing)'}   "
               f"load average {result['load_average'][0]:.1f}")

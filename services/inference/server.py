@@ -11,6 +11,7 @@ from signwatch.classifier import Classifier, MicroBatcher
 from signwatch.config import Settings
 from signwatch.debugger import Debugger
 from signwatch.model import ModelSpec, load_model
+from signwatch.model.frozen import FrozenForward
 from signwatch.model.remote import resolve_model_path
 from signwatch.publishing import EventPublisher
 from signwatch.runtime import Ports, open_ports
@@ -50,7 +51,8 @@ def build_core(settings: Settings, ports: Ports | None = None) -> InferenceCore:
     # Off until switched on at run time through PUT /admin/debugger (services/inference/admin.py).
     debugger = Debugger(store=ports.store, endpoint=settings.endpoint, registry=registry,
                         worker=settings.debugger_worker)
-    classifier = Classifier(model=model, spec=spec, top_k=settings.top_k, debugger=debugger)
+    forward = FrozenForward(model, spec) if settings.forward_graph == "frozen" else None
+    classifier = Classifier(model=model, spec=spec, top_k=settings.top_k, debugger=debugger, forward=forward)
     publisher = EventPublisher(
         bus=ports.bus, store=ports.store, topic=settings.inference_topic, registry=registry,
         max_events=settings.event_buffer_events, max_bytes=settings.event_buffer_bytes,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -26,6 +27,9 @@ class Classifier:
     top_k: int = 5
     device: str = "cpu"
     debugger: object | None = None  # signwatch.debugger.Debugger, switched on at run time
+    # The plain forward (signwatch.model.frozen.FrozenForward); None: the eager model. A recorded
+    # forward always runs the eager model, whose hooks and gradients the debugger needs.
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         # Plain forwards run side by side (an eval-mode model keeps no state between calls); a
@@ -43,7 +47,7 @@ class Classifier:
                 logits = self.debugger.forward(self.model, batch, [rid for _, rid in requests])
         else:
             with torch.inference_mode():
-                logits = self.model(batch)
+                logits = (self.forward or self.model)(batch)
         return self.top_predictions(logits)
 
     def top_predictions(self, logits: torch.Tensor) -> list[list[Prediction]]:

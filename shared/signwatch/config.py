@@ -8,6 +8,7 @@ stack's endpoints are used; otherwise everything runs embedded in memory and a l
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -52,6 +53,9 @@ class Settings(BaseSettings):
     # wait for each other, and for the event loop when it takes a core).
     forward_workers: int = Field(2, ge=1, description="forward passes run at once, each in its own thread "
                                  "(one per core the pod may use)")
+    forward_graph: Literal["frozen", "eager"] = Field(
+        "frozen", description="the served forward: TorchScript graphs frozen for inference (1.5x the images/s "
+        "of eager on the 2-core CPU, see signwatch.model.frozen), or the eager model")
     torch_threads: int | None = Field(
         1, ge=1, description="PyTorch intra-op threads of a `serve inference` (or `all`) process; unset: PyTorch's default")
     access_log: bool = Field(False, description="one log line per HTTP request (uvicorn's access log)")

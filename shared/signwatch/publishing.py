@@ -77,7 +77,11 @@ class EventPublisher:
         self.bus, self.store, self.topic = bus, store, topic
         self.max_events, self.max_bytes = max_events, max_bytes
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
-        self._lock = threading.Condition()
+        # One lock, two conditions: the lanes wait for work, ``drain`` for acknowledgements. With
+        # one condition for both, every delivery report woke both lanes for nothing.
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
+        self._acked = threading.Condition(self._lock)
         self._claims: deque[_Item] = deque()
         self._ready: deque[_Item] = deque()
         self._events = 0  # in the buffer: submitted, not yet acknowledged by the bus
@@ -89,6 +93,7 @@ class EventPublisher:
                                 ["outcome"], registry=registry)
         for outcome in ("published", "failed", "dropped"):
             self.outcomes.labels(outcome)
+        self._published = self.outcomes.labels("published")  # once per event: looked up once
         self.retries = Counter("signwatch_event_retries_total", "Retried publishing steps (an outage)",
                                ["step"], registry=registry)
         for step in ("claim_check", "bus"):
@@ -124,14 +129,14 @@ class EventPublisher:
             direct = claim is None and not self._ready and not self._closing.is_set()
             if not direct:
                 (self._claims if claim is not None else self._ready).append(item)
-                self._lock.notify_all()
+                self._work.notify_all()
         if direct:
             try:
                 self.bus.publish(self.topic, event.event_id, event.to_bytes(), on_delivery=self._on_delivery(item))
             except Exception:  # noqa: BLE001 - the client's queue is full, or it is away: the lane retries
                 with self._lock:
                     self._ready.append(item)
-                    self._lock.notify_all()
+                    self._work.notify_all()
         return True
 
     def _drop(self, event: InferenceEvent) -> None:  # called with the lock held
@@ -154,7 +159,7 @@ class EventPublisher:
             while not lane:
                 if self._closing.is_set():
                     return None
-                self._lock.wait(0.5)
+                self._work.wait(0.5)
             return lane.popleft()
 
     def _take_all(self, lane: deque) -> list[_Item] | None:
@@ -163,7 +168,7 @@ class EventPublisher:
             while not lane:
                 if self._closing.is_set():
                     return None
-                self._lock.wait(0.5)
+                self._work.wait(0.5)
             items = list(lane)
             lane.clear()
             return items
@@ -193,7 +198,7 @@ class EventPublisher:
             item.claim = None
             with self._lock:
                 self._ready.append(item)
-                self._lock.notify_all()
+                self._work.notify_all()
 
     def _bus_lane(self) -> None:
         while (items := self._take_all(self._ready)) is not None:
@@ -207,7 +212,7 @@ class EventPublisher:
     def _on_delivery(self, item: _Item):
         def done(error: Exception | None) -> None:
             if error is None:
-                self.outcomes.labels("published").inc()
+                self._published.inc()
                 self._release(item)
                 return
             item.attempts += 1
@@ -217,7 +222,7 @@ class EventPublisher:
             log.warning("publishing: event %s refused (%s); retrying", item.event.event_id, error)
             with self._lock:
                 self._ready.append(item)
-                self._lock.notify_all()
+                self._work.notify_all()
         return done
 
     def _fail(self, item: _Item, why: str) -> None:
@@ -229,7 +234,7 @@ class EventPublisher:
         with self._lock:
             self._events -= 1
             self._bytes -= item.size
-            self._lock.notify_all()
+            self._acked.notify_all()
 
     # ---- shutdown
     def drain(self, timeout_s: float = 10.0) -> bool:
@@ -241,7 +246,7 @@ class EventPublisher:
                 if left <= 0:
                     return False
                 # nudge the bus so that lingering messages go out while we wait
-                self._lock.wait(min(left, 0.05))
+                self._acked.wait(min(left, 0.05))
                 if self._events and not self._ready and not self._claims:
                     self._lock.release()
                     try:
@@ -260,6 +265,7 @@ class EventPublisher:
         finally:
             self._closing.set()
             with self._lock:
-                self._lock.notify_all()
+                self._work.notify_all()
+                self._acked.notify_all()
             for thread in self._threads:
                 thread.join(timeout_s)

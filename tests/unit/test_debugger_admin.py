@@ -70,7 +70,12 @@ def test_predictions_are_the_same_with_the_debugger_on(served):
     off = invoke(client, 5).json()
     client.put("/admin/debugger", json={"enabled": True, "include_regex": ".*"}, headers=AUTH)
     on = invoke(client, 5).json()
-    assert on == off
+    # A recorded forward runs the eager model, a plain one its frozen graphs (batch norm folded
+    # into the convolutions): the same classes, probabilities equal to float rounding.
+    assert [p["class_id"] for p in on["predictions"]] == [p["class_id"] for p in off["predictions"]]
+    assert [p["probability"] for p in on["predictions"]] == pytest.approx(
+        [p["probability"] for p in off["predictions"]], abs=1e-5)
+    assert {k: v for k, v in on.items() if k != "predictions"} == {k: v for k, v in off.items() if k != "predictions"}
     core.debugger.drain(30)
 
 

@@ -57,3 +57,35 @@ def test_training_writes_a_reproducible_manifest_and_evaluation_reports_each_var
         assert 0 <= r["accuracy"] <= 1 and 0 < r["mean_confidence"] <= 1 and 0 <= r["ece"] <= 1
         assert len(r["per_class_accuracy"]) == 43
         assert (tmp_path / f"confusion-{'clean' if r is results['clean'] else 'fog'}.png").exists()
+
+
+def test_the_frozen_forward_gives_the_eager_models_logits_for_any_batch():
+    from signwatch.model.frozen import FrozenForward
+
+    model, spec = build_model(seed=5).eval(), ModelSpec()
+    frozen = FrozenForward(model, spec)
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 7):  # one image takes the plainly frozen graph, more the oneDNN one
+        x = preprocess(list(rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)), spec)
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            expected, got = model(x), frozen(x)
+        assert got.shape == (n, spec.num_classes)
+        assert torch.allclose(expected, got, atol=1e-4), (expected - got).abs().max()
+        assert torch.equal(expected.argmax(1), got.argmax(1))
+
+
+def test_a_frozen_forward_that_would_differ_from_the_model_is_refused(monkeypatch):
+    from signwatch.model import frozen as frozen_module
+
+    model, spec = build_model(seed=5).eval(), ModelSpec()
+    real_freeze = torch.jit.freeze
+
+    def broken_freeze(module, *args, **kwargs):  # a graph whose output is off by far more than rounding
+        frozen = real_freeze(module, *args, **kwargs)
+        return lambda x: frozen(x) + 1.0
+
+    monkeypatch.setattr(frozen_module.torch.jit, "freeze", broken_freeze)
+    monkeypatch.setattr(frozen_module.torch.jit, "optimize_for_inference", lambda m: m)
+    with pytest.raises(RuntimeError, match="differs from the model"):
+        frozen_module.FrozenForward(model, spec)

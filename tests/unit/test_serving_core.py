@@ -9,6 +9,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
@@ -194,3 +195,30 @@ def test_a_corrupt_image_in_a_batch_gets_its_400_and_the_others_their_answers(tm
         r = client.get("/invocations")
         assert r.status_code == 405 and r.headers["allow"] == "POST" and r.json()["error"]["code"]
     core.close()
+
+
+def test_a_plain_forward_runs_the_frozen_graph_and_a_recorded_one_the_eager_model():
+    from signwatch.classifier import Classifier
+    from signwatch.model.core import ModelSpec, build_model
+
+    calls = []
+    model = build_model(seed=2).eval()
+
+    def frozen(batch):
+        calls.append(len(batch))
+        return model(batch)
+
+    class Recording:
+        enabled = False
+
+        def forward(self, m, batch, ids):
+            calls.append(("eager", m is model, ids))
+            return m(batch)
+
+    debugger = Recording()
+    classifier = Classifier(model=model, spec=ModelSpec(), debugger=debugger, forward=frozen)
+    image = np.zeros((64, 64, 3), np.uint8)
+    classifier.predict([(image, "a"), (image, "b")])
+    debugger.enabled = True
+    classifier.predict([(image, "c")])
+    assert calls == [2, ("eager", True, ["c"])]

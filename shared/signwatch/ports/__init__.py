@@ -4,6 +4,7 @@
 port       production                             embedded / unit tests
 =========  =====================================  =====================================
 bus        ``kafka://host:port[,host:port]``      ``memory://[name]``
+           ``[?linger_ms=N]``
 store      ``s3://bucket?endpoint=http://...``    ``file:///absolute/path`` or ``file:rel``
 state      ``redis://host:port/db``               ``memory://``
 =========  =====================================  =====================================
@@ -32,11 +33,16 @@ def open_bus(url: str) -> EventBus:
 
         return MemoryBus(name=(parsed.netloc + parsed.path) or "default")
     if parsed.scheme == "kafka":
-        from signwatch.ports.bus_kafka import KafkaBus
+        from signwatch.ports.bus_kafka import LINGER_MS, KafkaBus
 
         if not parsed.netloc:
             raise UnsupportedURL(f"kafka URL needs host:port: {url!r}")
-        return KafkaBus(bootstrap=parsed.netloc)
+        query = parse_qs(parsed.query)
+        try:
+            linger = int(query.get("linger_ms", [LINGER_MS])[0])
+        except ValueError:
+            raise UnsupportedURL(f"kafka URL's linger_ms must be an integer: {url!r}") from None
+        return KafkaBus(bootstrap=parsed.netloc, linger_ms=linger)
     raise UnsupportedURL(f"bus URL must be kafka:// or memory://, got {url!r}")
 
 
