@@ -84,9 +84,12 @@ def test_a_full_event_buffer_drops_counts_and_logs(tmp_path, caplog):
 
 def test_the_byte_bound_holds_too(tmp_path):
     publisher = EventPublisher(MemoryBus("bytes"), FileStore(tmp_path), "t", CollectorRegistry(), max_bytes=10_000)
-    event = inference_event()
-    assert not publisher.submit(event, claim=b"x" * 20_000)
+    raw = b"x" * 20_000
+    event = inference_event().model_copy(update={"input": make_input_payload(raw, "image/png", ref="inputs/x.png")})
+    assert not publisher.submit(event, claim=raw)
     assert publisher.outcomes.labels("dropped")._value.get() == 1
+    with pytest.raises(ValueError, match="no ref"):  # bytes with nowhere to go are a caller's mistake
+        publisher.submit(inference_event(), claim=raw)
     publisher.close()
 
 

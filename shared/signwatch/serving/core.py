@@ -27,9 +27,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import BaseModel
 
 from signwatch.classifier import BatcherFull, BatcherStopped, MicroBatcher
-from signwatch.events import InferenceEvent, InferenceOutput, Prediction, ResponsePayload, new_id, utc_now
+from signwatch.events import InferenceOutput, Prediction, encode_inference_event, new_id, utc_now
 from signwatch.imaging import ImageError, check_request, decode_checked, encode_npy
-from signwatch.publishing import input_key, make_input_payload
+from signwatch.publishing import EncodedEvent, input_key, make_input_payload
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ class InferenceService:
             body = texts[0].encode()
         latency_ms = (time.perf_counter() - started) * 1000
         self.latency.observe(latency_ms / 1000)
-        events = (call, prepared, event_ids, outputs, texts, when, latency_ms) if self.publisher is not None else None
+        events = (call, prepared, event_ids, texts, when, latency_ms) if self.publisher is not None else None
         return Answer(body=body, event_ids=event_ids, _events=events)
 
     def publish(self, answer: Answer) -> None:
@@ -248,22 +248,21 @@ class InferenceService:
                 f.cancel()
             raise
 
-    def _publish(self, call: Invocation, prepared: _Prepared, event_ids: list[str], outputs: list,
-                 texts: list[str], when, latency_ms: float) -> None:
+    def _publish(self, call: Invocation, prepared: _Prepared, event_ids: list[str], texts: list[str], when,
+                 latency_ms: float) -> None:
         s = self.settings
         observed = call.content_type or "application/octet-stream"
-        for raw, digest, event_id, output, text in zip(prepared.raws, prepared.digests, event_ids, outputs, texts):
+        for raw, digest, event_id, text in zip(prepared.raws, prepared.digests, event_ids, texts):
             ctype = prepared.content_type
             claim = len(raw) > s.inline_input_limit_bytes  # decided once, on the raw bytes
             ref = input_key(s.endpoint, when, event_id, ctype) if claim else None
-            event = InferenceEvent(
+            value = encode_inference_event(
                 event_id=event_id, inference_id=call.inference_id, custom_attributes=call.custom_attributes,
                 time=when, endpoint=s.endpoint, variant=s.variant, model_version=self.model_version,
                 input=make_input_payload(raw, ctype, observed_content_type=observed, ref=ref, sha256=digest),
-                output=output, response=ResponsePayload(content_type=RESPONSE_TYPE, data=text),
-                latency_ms=round(latency_ms, 3),
+                output_json=text, response_type=RESPONSE_TYPE, latency_ms=round(latency_ms, 3),
             )
-            self.publisher.submit(event, raw if claim else None)
+            self.publisher.submit(EncodedEvent(event_id, value, ref, ctype), raw if claim else None)
 
     # ---- health
     def readiness(self) -> dict[str, bool]:
