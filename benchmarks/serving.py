@@ -175,6 +175,24 @@ def _start(kind: str, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
     raise RuntimeError(f"{kind} server did not start")
 
 
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _wait_idle(procs: list[subprocess.Popen], deadline_s: float = 60.0) -> None:
+    """Until no server takes CPU (under 5% of a core over 0.25 s). The naive server, whose
+    handler blocks its event loop, went on answering a closed run's backlog for 5 s and more
+    after wrk stopped, at one core: the next variant measured then had half the machine."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        before = {p.pid: _cpu_seconds(p.pid) for p in procs}
+        time.sleep(0.25)
+        if all(_cpu_seconds(p.pid) - before[p.pid] < 0.0125 for p in procs):
+            return
+    raise RuntimeError(f"the servers were still busy {deadline_s:g} s after a run")
+
+
 def _stop(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:
@@ -308,9 +326,11 @@ def main(argv: list[str] | None = None) -> int:
     plan = [("naive_32", "naive", 32), ("naive_64", "naive", 64), ("rest_1", "rest", 1), ("rest_32", "rest", 32),
             ("rest_64", "rest", 64), ("rest_1_capture", "rest_capture", 1), ("rest_32_capture", "rest_capture", 32)]
     try:
+        procs = [proc for proc, _ in servers.values()]
         for _, server, conns in plan:  # warm-up
             if server in servers:
                 _wrk(servers[server][1], body, conns, 2, script)
+                _wait_idle(procs)
         for r in range(args.rounds):
             say(f"round {r + 1}/{args.rounds}: bare (3 ways), naive 32/64, REST 1/32/64, REST with capture 1/32 "
                 f"({d:g} s each)")
@@ -330,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
                 if profiling:
                     prof.join()
                     result["profile"] = str(args.profile)
+                _wait_idle(procs)
     finally:
         for proc, _ in servers.values():
             _stop(proc)

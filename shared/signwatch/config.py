@@ -18,7 +18,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SIGNWATCH_", extra="ignore")
 
     # Ports, chosen by URL scheme (see signwatch.ports).
-    bus_url: str | None = Field(None, description="kafka://host:port or memory://")
+    bus_url: str | None = Field(None, description="kafka://host:port[?linger_ms=200] or memory://")
     store_url: str | None = Field(None, description="s3://bucket?endpoint=URL or file:///path")
     state_url: str | None = Field(None, description="redis://host:port/db or memory://")
     s3_access_key: SecretStr | None = None
