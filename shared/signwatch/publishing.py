@@ -158,7 +158,7 @@ class EventPublisher:
                     self._work.notify_all()
         return True
 
-    def _drop(self, event: InferenceEvent) -> None:  # called with the lock held
+    def _drop(self, event: EncodedEvent) -> None:  # called with the lock held
         self.outcomes.labels("dropped").inc()
         self._dropped_since_log += 1
         now = time.monotonic()
