@@ -37,10 +37,6 @@ def input_key(endpoint: str, time_: datetime, event_id: str, content_type: str) 
     return f"inputs/{endpoint}/{time_:%Y/%m/%d/%H}/{event_id}.{ext}"
 
 
-def claim_check_key(event: InferenceEvent) -> str:
-    return input_key(event.endpoint, event.time, event.event_id, event.input.content_type)
-
-
 def make_input_payload(body: bytes, content_type: str, *, observed_content_type: str | None = None,
                        ref: str | None = None, sha256: str | None = None) -> InputPayload:
     """The event's view of the request bytes: inline base64, or (``ref`` given) a claim check."""

@@ -35,3 +35,14 @@ def test_the_encoded_event_parses_to_the_model_built_field_by_field(inference_id
     assert InferenceEvent.model_validate_json(encoded) == expected
     assert json.loads(encoded) == json.loads(expected.to_bytes())  # the same JSON, key for key
     assert json.loads(encoded)["schema"] == INFERENCE_SCHEMA and json.loads(encoded)["time"].endswith("Z")
+
+
+def test_the_cores_limits_are_the_models_so_no_encoded_event_is_refused_downstream():
+    # The encoder skips the model's validation; the core checks these fields on the way in.
+    from signwatch.serving.core import MAX_CUSTOM_ATTRIBUTES, MAX_INFERENCE_ID
+
+    def max_length(name: str) -> int:
+        return next(m.max_length for m in InferenceEvent.model_fields[name].metadata if hasattr(m, "max_length"))
+
+    assert max_length("inference_id") == MAX_INFERENCE_ID
+    assert max_length("custom_attributes") == MAX_CUSTOM_ATTRIBUTES

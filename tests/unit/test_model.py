@@ -89,3 +89,27 @@ def test_a_frozen_forward_that_would_differ_from_the_model_is_refused(monkeypatc
     monkeypatch.setattr(frozen_module.torch.jit, "optimize_for_inference", lambda m: m)
     with pytest.raises(RuntimeError, match="differs from the model"):
         frozen_module.FrozenForward(model, spec)
+
+
+def test_the_frozen_forward_gives_the_same_logits_from_two_threads_at_once():
+    # The server's two forward workers call the same graphs side by side.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from signwatch.model.frozen import FrozenForward
+
+    model, spec = build_model(seed=6).eval(), ModelSpec()
+    frozen = FrozenForward(model, spec)
+    rng = np.random.default_rng(1)
+    batches = [preprocess(list(rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)), spec)
+               .contiguous(memory_format=torch.channels_last) for n in (1, 5, 16, 1, 9, 16)]
+    with torch.inference_mode():
+        serial = [frozen(b) for b in batches]
+
+    def run(batch):
+        with torch.inference_mode():
+            return frozen(batch)
+
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(3):
+            for expected, got in zip(serial, pool.map(run, batches)):
+                assert torch.equal(expected, got)

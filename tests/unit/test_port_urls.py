@@ -14,7 +14,9 @@ def test_a_kafka_url_sets_the_producers_linger_and_defaults_to_the_measured_one(
 
 
 @pytest.mark.parametrize("url, message", [
-    ("kafka://127.0.0.1:9092?linger_ms=soon", "linger_ms must be an integer"),
+    ("kafka://127.0.0.1:9092?linger_ms=soon", "linger_ms must be an integer from 0 to 900000"),
+    ("kafka://127.0.0.1:9092?linger_ms=-5", "linger_ms must be an integer from 0 to 900000"),
+    ("kafka://127.0.0.1:9092?linger_ms=900001", "linger_ms must be an integer from 0 to 900000"),
     ("kafka://", "needs host:port"),
     ("nats://127.0.0.1:4222", "must be kafka:// or memory://"),
 ])

@@ -33,7 +33,7 @@ def open_bus(url: str) -> EventBus:
 
         return MemoryBus(name=(parsed.netloc + parsed.path) or "default")
     if parsed.scheme == "kafka":
-        from signwatch.ports.bus_kafka import LINGER_MS, KafkaBus
+        from signwatch.ports.bus_kafka import LINGER_MS, MAX_LINGER_MS, KafkaBus
 
         if not parsed.netloc:
             raise UnsupportedURL(f"kafka URL needs host:port: {url!r}")
@@ -41,7 +41,9 @@ def open_bus(url: str) -> EventBus:
         try:
             linger = int(query.get("linger_ms", [LINGER_MS])[0])
         except ValueError:
-            raise UnsupportedURL(f"kafka URL's linger_ms must be an integer: {url!r}") from None
+            linger = -1
+        if not 0 <= linger <= MAX_LINGER_MS:  # refused here, not at the first event (librdkafka's range)
+            raise UnsupportedURL(f"kafka URL's linger_ms must be an integer from 0 to {MAX_LINGER_MS}: {url!r}")
         return KafkaBus(bootstrap=parsed.netloc, linger_ms=linger)
     raise UnsupportedURL(f"bus URL must be kafka:// or memory://, got {url!r}")
 

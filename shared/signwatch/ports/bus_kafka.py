@@ -39,6 +39,7 @@ METADATA_MAX_AGE_MS = 5_000
 # at 50 ms and 0.01-0.03 at 200 (500 events/s of 7 KB each), CPU the forwards then lacked.
 # Monitoring works in seconds, so the delay costs nothing it needs.
 LINGER_MS = 200
+MAX_LINGER_MS = 900_000  # librdkafka's upper bound for linger.ms
 
 
 class KafkaConsumerAdapter:
