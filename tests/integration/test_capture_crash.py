@@ -68,6 +68,24 @@ def _captured(store, prefix: str) -> list[str]:
     return ids
 
 
+def _alive(capture: subprocess.Popen, log: Path) -> bool:
+    """True while the capture process runs; its log in the failure once it has exited."""
+    if capture.poll() is not None:
+        raise AssertionError(f"capture exited with {capture.returncode}:\n{log.read_text(errors='replace')[-5000:]}")
+    return True
+
+
+def _diagnostics(port: int, publisher) -> str:
+    """What a failure needs to be read: the capture's own counters and the server's buffer."""
+    lines = [f"publisher buffered (events, bytes): {publisher.buffered if publisher else None}"]
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+        lines += [ln for ln in text.splitlines() if ln.startswith(("signwatch_consumer", "signwatch_capture")) and "_created" not in ln]
+    except httpx.HTTPError as exc:
+        lines.append(f"capture's /metrics did not answer: {exc}")
+    return "\n".join(lines)
+
+
 def test_kill_9_capture_mid_stream_loses_and_duplicates_nothing(stack, unique, tmp_path):
     env = _env(stack, unique)
     settings = Settings(**{k.removeprefix("SIGNWATCH_").lower(): v for k, v in env.items()
@@ -78,7 +96,7 @@ def test_kill_9_capture_mid_stream_loses_and_duplicates_nothing(stack, unique, t
     log = tmp_path / "capture.log"
     bodies = [png_bytes(seed=i % 16, size=32) for i in range(16)]
     event_ids: list[str] = []
-    capture, _ = _start_capture(env, log)
+    capture, port = _start_capture(env, log)
     try:
         with live_server(settings) as (url, core), httpx.Client(base_url=url, timeout=30) as client:
             def send(i: int) -> str:
@@ -88,8 +106,8 @@ def test_kill_9_capture_mid_stream_loses_and_duplicates_nothing(stack, unique, t
 
             with ThreadPoolExecutor(4) as pool:
                 event_ids += pool.map(send, range(400))
-                wait_until(lambda: len(_captured(store, prefix)) >= 50, 90, interval_s=0.5,
-                           what="capture to write its first records")
+                wait_until(lambda: _alive(capture, log) and len(_captured(store, prefix)) >= 50, 90,
+                           interval_s=0.5, what="capture to write its first records")
                 os.killpg(capture.pid, signal.SIGKILL)  # mid-stream: no flush, no commit, no leave
                 capture.wait(10)
                 event_ids += pool.map(send, range(400, 700))
@@ -113,8 +131,10 @@ def test_kill_9_capture_mid_stream_loses_and_duplicates_nothing(stack, unique, t
         assert set(captured) == sampled
         assert resumed_s < 15, f"the restarted capture took {resumed_s:.1f} s to write again"
     finally:
+        print(_diagnostics(port, core.publisher if "core" in locals() else None))
         if capture.poll() is None:
             os.killpg(capture.pid, signal.SIGTERM)
             capture.wait(30)
+        print("--- capture's log (both runs) ---\n" + log.read_text(errors="replace")[-20_000:])
         for key in store.list(f"crash-{unique}/"):
             store.delete(key)

@@ -40,6 +40,7 @@ METADATA_MAX_AGE_MS = 5_000
 # Monitoring works in seconds, so the delay costs nothing it needs.
 LINGER_MS = 200
 MAX_LINGER_MS = 900_000  # librdkafka's upper bound for linger.ms
+TOPIC_READY_TIMEOUT_MS = 30_000  # ensure_topics: until each partition of a new topic has a leader
 
 
 class KafkaConsumerAdapter:
@@ -59,9 +60,24 @@ class KafkaConsumerAdapter:
             # otherwise sat idle (the dashboard test, first on a new stack, saw no count in 60 s).
             metadata_max_age_ms=METADATA_MAX_AGE_MS,
         )
+        self._group = group
+        self._assigned: frozenset[TopicPartition] = frozenset()
+
+    def _log_assignment(self) -> None:
+        """One line whenever the group hands this consumer other partitions: the first thing to
+        look at when a consumer reads nothing."""
+        now = frozenset(self._consumer.assignment())
+        if now != self._assigned:
+            self._assigned = now
+            by_topic: dict[str, list[int]] = {}
+            for tp in sorted(now):
+                by_topic.setdefault(tp.topic, []).append(tp.partition)
+            held = ", ".join(f"{t}[{','.join(map(str, ps))}]" for t, ps in by_topic.items()) or "no partitions"
+            log.info("%s: assigned %s", self._group, held)
 
     def poll(self, timeout_ms: int = 500, max_records: int = 500) -> list[Message]:
         batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        self._log_assignment()
         out: list[Message] = []
         for records in batches.values():
             for r in records:
@@ -161,6 +177,10 @@ class KafkaBus:
                     admin.create_topics(missing)
                 except TopicAlreadyExistsError:
                     pass  # another service created it first
+            # The broker answers a create before every partition has a leader (KRaft propagates it
+            # later): a consumer joining its group before that is handed none of the topic's
+            # partitions until its next metadata refresh and rejoin.
+            admin.wait_for_topics(topics, timeout_ms=TOPIC_READY_TIMEOUT_MS)
         finally:
             admin.close()
 
