@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.admin import NewTopic
@@ -47,7 +48,6 @@ class KafkaConsumerAdapter:
     def __init__(self, bootstrap: str, topics: list[str], group: str,
                  session_timeout_ms: int = SESSION_TIMEOUT_MS) -> None:
         self._consumer = KafkaConsumer(
-            *topics,
             bootstrap_servers=bootstrap,
             group_id=group,
             enable_auto_commit=False,
@@ -62,6 +62,27 @@ class KafkaConsumerAdapter:
         )
         self._group = group
         self._assigned: frozenset[TopicPartition] = frozenset()
+        self._await_partitions(topics)
+        self._consumer.subscribe(topics)
+
+    def _await_partitions(self, topics: list[str]) -> None:
+        """Wait until this client's own metadata lists every topic's partitions, then subscribe.
+
+        A member that joins its group while its metadata lacks a topic is assigned none of that
+        topic's partitions ("No partition metadata for topic", kafka-python's range assignor).
+        kafka-python 3.0.12 is meant to rejoin once the metadata arrives, but in two CI runs the
+        consumers so handed nothing read nothing for 90 and 180 s (the capture kill -9 test, the
+        monitor stack test). Joining only with the partitions known avoids that state."""
+        deadline = time.monotonic() + TOPIC_READY_TIMEOUT_MS / 1000
+        missing = list(topics)
+        while missing and time.monotonic() < deadline:
+            # partitions_for_topic asks the cluster when its cache does not know the topic
+            missing = [t for t in missing if not self._consumer.partitions_for_topic(t)]
+            if missing:
+                time.sleep(0.2)
+        if missing:
+            log.warning("%s: no partitions known for %s; subscribing anyway (the group rebalances "
+                        "when they appear)", self._group, ", ".join(missing))
 
     def _log_assignment(self) -> None:
         """One line whenever the group hands this consumer other partitions: the first thing to
