@@ -62,8 +62,12 @@ class KafkaConsumerAdapter:
         )
         self._group = group
         self._assigned: frozenset[TopicPartition] = frozenset()
-        self._await_partitions(topics)
-        self._consumer.subscribe(topics)
+        try:
+            self._await_partitions(topics)
+            self._consumer.subscribe(topics)
+        except BaseException:  # the broker went away meanwhile: the caller retries with a new one
+            self._consumer.close(autocommit=False)
+            raise
 
     def _await_partitions(self, topics: list[str]) -> None:
         """Wait until this client's own metadata lists every topic's partitions, then subscribe.
