@@ -41,7 +41,9 @@ METADATA_MAX_AGE_MS = 5_000
 # Monitoring works in seconds, so the delay costs nothing it needs.
 LINGER_MS = 200
 MAX_LINGER_MS = 900_000  # librdkafka's upper bound for linger.ms
-TOPIC_READY_TIMEOUT_MS = 30_000  # ensure_topics: until each partition of a new topic has a leader
+# How long ensure_topics waits for a leader per new partition, and a new consumer for its client
+# to see its topics' partitions (it subscribes anyway after that and logs a warning).
+TOPIC_READY_TIMEOUT_MS = 30_000
 
 
 class KafkaConsumerAdapter:
@@ -70,7 +72,7 @@ class KafkaConsumerAdapter:
             raise
 
     def _await_partitions(self, topics: list[str]) -> None:
-        """Wait until this client's own metadata lists every topic's partitions, then subscribe.
+        """Wait until this client's own metadata lists every topic's partitions (the caller subscribes).
 
         A member that joins its group while its metadata lacks a topic is assigned none of that
         topic's partitions ("No partition metadata for topic", kafka-python's range assignor).
@@ -203,8 +205,7 @@ class KafkaBus:
                 except TopicAlreadyExistsError:
                     pass  # another service created it first
             # The broker answers a create before every partition has a leader (KRaft propagates it
-            # later): a consumer joining its group before that is handed none of the topic's
-            # partitions until its next metadata refresh and rejoin.
+            # later); until then nobody can produce to or fetch from the new partitions.
             admin.wait_for_topics(topics, timeout_ms=TOPIC_READY_TIMEOUT_MS)
         finally:
             admin.close()
