@@ -9,11 +9,28 @@
     violation (attacked: 96% of requests attacked into Stop; snow, night, fog: every image), and
     the false alarms during 24 simulated hours of clean traffic; beside them the label-free
     accuracy estimate against the true accuracy of each shift;
-(c) on the real stack, the latency from publishing the event that tips a check (the 20th Stop
-    prediction on a fresh endpoint at 10 requests per second: the over-prediction rule's minimum)
-    to the violation arriving on the topic (p50, p95).
+(c) on the real stack, the latency from the event that tips a check (the violation's
+    ``tipped_at``: a Stop prediction on a fresh endpoint state at 10 requests per second) to the
+    violation arriving on the topic (p50, p95).
+
+(d) the sequential checks (benchmarks/monitor_sequential.py) on streams with GTSRB's own class
+    mix: predictions to detect each shift against its information limit, beside Frouros' CUSUM
+    and the window checks on the same streams, and their false alarms in 24 clean hours at 1
+    and 2 requests a second (``sequential`` in the output; ``--sequential-only`` runs just that).
+
+(e) what people reading the alerts see (benchmarks/monitor_incidents.py), on the same simulated
+    clock and class mix, with the default config and ``sequential=True``: the violations that one
+    hour-long partial shift opens (``violations_per_incident``, goal 1) and those that bursts of
+    200 frames of one sign in 10 s open on a quiet endpoint, beside the same count of attacked
+    images of different signs, which must be caught (``burst_false_alarms``, goal 0);
+    ``--incidents-only`` runs just these two (a few minutes on two cores).
 
     .venv/bin/python benchmarks/monitor.py [--json] [--hours 24] [--trials 15] [--events 5000]
+                                           [--sequential-trials 5] [--sequential-only]
+                                           [--incident-trials 1] [--incidents-only] [--cache F]
+
+``--cache F`` keeps the model's outputs (the pools, and the bursts' predictions and image hashes)
+in one .npz between runs; what it lacks is computed and added.
 
 Streams resample the shipped model's real outputs on rendered test images (signwatch.monitoring.streams).
 """
@@ -38,7 +55,7 @@ except ImportError:
 
 from tqdm import tqdm  # noqa: E402
 
-from signwatch.model import ModelSpec  # noqa: E402
+from signwatch.model.core import load_spec  # noqa: E402
 from signwatch.monitoring import Monitor, MonitorConfig  # noqa: E402
 from signwatch.monitoring import baseline as bl  # noqa: E402
 from signwatch.monitoring.features import EDGES  # noqa: E402
@@ -47,7 +64,8 @@ from signwatch.ports.state_memory import MemoryState  # noqa: E402
 from signwatch.ports.store_file import FileStore  # noqa: E402
 from signwatch.publishing import make_input_payload  # noqa: E402
 
-NAMES = ModelSpec().class_names
+SPEC = load_spec()  # the shipped model's manifest: the pools are its outputs
+NAMES = SPEC.class_names
 SHIFTS = ("attacked", "snow", "night", "fog")
 
 
@@ -70,7 +88,9 @@ class SimClock:
 
 
 def _sim_monitor(tmp: Path, clock: SimClock) -> Monitor:
-    config = MonitorConfig(endpoint="bench", snapshot_interval_s=60.0)
+    # The pools are rendered signs with uniform classes: what the shipped baseline describes, so it
+    # may judge their class shares too (on a road's traffic it never does unless asked).
+    config = MonitorConfig(endpoint="bench", snapshot_interval_s=60.0, shipped_class_checks=True)
     return Monitor(MemoryState(clock=clock), FileStore(tmp), config, NAMES, clock=clock)
 
 
@@ -116,7 +136,7 @@ def false_alarms(pools, tmp: Path, payload, hours: float, seed: int = 99) -> tup
 
 
 def accuracy_estimates(pools) -> dict:
-    b = bl.load(*bl.shipped_files())
+    b = bl.load(*bl.shipped_files(), n_classes=len(NAMES))
     edge = EDGES[b.atc_bin]
     out = {}
     for shift, (ids, probs, labels) in pools.items():
@@ -177,7 +197,7 @@ def monitor_events_per_s(pools, payload, n: int) -> float | None:
     bus.flush(60)
     bus.close()
     ports = open_ports(s)
-    loop = build_loop(s, ports=ports)
+    loop = build_loop(s, SPEC, ports=ports)
     loop.run_once()  # join the group and take the first batch before the clock starts
     first = loop.processed
     t0 = time.perf_counter()
@@ -187,6 +207,13 @@ def monitor_events_per_s(pools, payload, n: int) -> float | None:
     loop.stop()
     ports.close()
     return rate
+
+
+def _opened(consumer) -> list:
+    from signwatch.events import ViolationEvent
+
+    got = [ViolationEvent.model_validate_json(r.value) for rs in consumer.poll(timeout_ms=100).values() for r in rs]
+    return [v for v in got if v.state == "open"]
 
 
 def detection_latency(pools, payload, trials: int) -> list[float] | None:
@@ -204,7 +231,7 @@ def detection_latency(pools, payload, trials: int) -> list[float] | None:
     bus = open_bus(s.bus_url)
     bus.ensure_topics([s.inference_topic, s.violations_topic], 3)
     ports = open_ports(s)
-    loop = build_loop(s, ports=ports)
+    loop = build_loop(s, SPEC, ports=ports)
     thread = loop.start_thread()
     consumer = KafkaConsumer(s.violations_topic, bootstrap_servers=s.bus_url[len("kafka://"):], group_id=None,
                              auto_offset_reset="latest", enable_auto_commit=False)
@@ -224,22 +251,20 @@ def detection_latency(pools, payload, trials: int) -> list[float] | None:
                 if b":alive:" not in key:
                     rds.delete(key)
             loop.handler.monitor._last_check = float("-inf")
-            tipped_at = None
-            for i in range(25):
+            hit: list[ViolationEvent] = []
+            for i in range(25):  # at most: the sequential checks tip well before over-prediction's 20th
                 e = event_from(stop_pool, 0, s.endpoint, time.time(), payload)
                 bus.publish(s.inference_topic, e.event_id, e.to_bytes())
                 bus.flush(10)
-                if i == 19:
-                    tipped_at = time.time()  # the 20th Stop: over-prediction's minimum sample
                 time.sleep(0.1)
-            deadline = time.time() + 20
-            while time.time() < deadline:
-                got = [ViolationEvent.model_validate_json(r.value) for rs in consumer.poll(timeout_ms=100).values()
-                       for r in rs]
-                hit = [v for v in got if v.check_name == "over_prediction" and v.state == "open"]
+                hit = _opened(consumer)
                 if hit:
-                    latencies.append(time.time() - tipped_at)
                     break
+            deadline = time.time() + 20
+            while not hit and time.time() < deadline:
+                hit = _opened(consumer)
+            if hit:  # from the tipping event's time (its creation, here) to the violation's arrival
+                latencies.append(time.time() - hit[0].tipped_at.timestamp())
     finally:
         loop.stop()
         thread.join(30)
@@ -256,26 +281,60 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trials", type=int, default=15)
     ap.add_argument("--events", type=int, default=5000)
     ap.add_argument("--cache", type=Path, help="keep the model's output pools in this .npz between runs")
+    ap.add_argument("--sequential-trials", type=int, default=5,
+                    help="streams per shift for the sequential checks and their peer (monitor_sequential.py)")
+    ap.add_argument("--sequential-only", action="store_true",
+                    help="only the sequential checks, their information limits and the Frouros CUSUM peer")
+    ap.add_argument("--incident-trials", type=int, default=1,
+                    help="streams per hour-long partial shift for violations_per_incident (monitor_incidents.py)")
+    ap.add_argument("--incidents-only", action="store_true",
+                    help="only violations_per_incident and burst_false_alarms")
     args = ap.parse_args(argv)
-    if args.hours <= 0 or args.trials < 1 or args.events < 100:
-        ap.error("--hours must be > 0, --trials >= 1, --events >= 100")
+    if args.hours <= 0 or args.trials < 1 or args.events < 100 or args.incident_trials < 1:
+        ap.error("--hours must be > 0, --trials >= 1, --events >= 100, --incident-trials >= 1")
     import tempfile
 
+    from monitor_incidents import burst_inputs, incident_figures  # benchmarks/, beside this file
+    from monitor_sequential import sequential_figures
+
     payload = _payload()
-    if args.cache and args.cache.exists():
-        z = np.load(args.cache)
-        pools = {k: (z[f"{k}_ids"], z[f"{k}_probs"], z[f"{k}_labels"]) for k in ("clean", *SHIFTS)}
-    else:
+    cached = dict(np.load(args.cache)) if args.cache and args.cache.exists() else {}
+    fresh = {}
+    if not all(f"{k}_{n}" in cached for k in ("clean", *SHIFTS) for n in ("ids", "probs", "labels")):
         pools = model_pools({"clean": 2000, "attacked": 64, "snow": 500, "night": 500, "fog": 500},
                             progress=not args.json)
-        if args.cache:
-            np.savez(args.cache, **{f"{k}_{n}": a for k, p in pools.items() for n, a in zip(("ids", "probs", "labels"), p)})
+        fresh |= {f"{k}_{n}": a for k, p in pools.items() for n, a in zip(("ids", "probs", "labels"), p)}
+    bursts = {k: a for k, a in cached.items() if k.startswith("burst")}
+    if not bursts and not args.sequential_only:
+        bursts = burst_inputs(progress=not args.json)
+        fresh |= bursts
+    if args.cache and fresh:
+        np.savez(args.cache, **(cached | fresh))
+    z = cached | fresh
+    pools = {k: (z[f"{k}_ids"], z[f"{k}_probs"], z[f"{k}_labels"]) for k in ("clean", *SHIFTS)}
+
+    if args.incidents_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = incident_figures(pools, NAMES, bursts, payload, Path(tmp), args.incident_trials,
+                                      progress=not args.json)
+        print(json.dumps(result) if args.json else json.dumps(result, indent=1))
+        return 0
+    if args.sequential_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = {"sequential": sequential_figures(pools, args.sequential_trials, args.hours, payload=payload,
+                                                       tmp=Path(tmp), progress=not args.json)}
+        print(json.dumps(result) if args.json else json.dumps(result, indent=1))
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
+        sequential = sequential_figures(pools, args.sequential_trials, args.hours, payload=payload,
+                                        tmp=Path(tmp) / "sequential", progress=not args.json)
         peak = inference_peak()
         rate = monitor_events_per_s(pools, payload, args.events)
         detect = seconds_to_detect(pools, Path(tmp), payload)
         alarms, examples = false_alarms(pools, Path(tmp), payload, args.hours)
         latencies = detection_latency(pools, payload, args.trials)
+        incidents = incident_figures(pools, NAMES, bursts, payload, Path(tmp) / "incidents", args.incident_trials,
+                                     progress=not args.json)
     lat = sorted(latencies or [])
     result = {
         "inference_peak_images_per_s": round(peak, 1),
@@ -290,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
         "detection_latency_p95_s": round(lat[min(len(lat) - 1, int(0.95 * len(lat)))], 3) if lat else None,
         "latency_trials": len(lat),
         "accuracy_estimates": accuracy_estimates(pools),
+        "sequential": sequential,
+        "violations_per_incident": incidents["violations_per_incident"],
+        "burst_false_alarms": incidents["burst_false_alarms"],
         "bars": {"attacked_s": 30, "drift_s": 120, "false_alarms_24h": 0, "ratio": 5, "latency_p95_s": 2},
     }
     if args.json:

@@ -18,6 +18,7 @@ measured in the same run:
 
     make wrk                                   # apt-get install wrk (once)
     .venv/bin/python benchmarks/serving.py [--json] [--duration 5] [--rounds 3] [--profile FILE]
+    .venv/bin/python benchmarks/serving.py --model model.tar.gz | --families   # any model: serving_models.py
 
 Each bare variant runs in a child process of its own (PyTorch's thread count is process-wide).
 
@@ -109,10 +110,12 @@ def serve_naive(port: int) -> None:
 
 
 # ---------------------------------------------------------------- measurements
-def bare_images_per_s(seconds: float, workers: int | None = None, graph: str = "eager") -> float:
-    """Batch-32 forwards for ``seconds``. ``workers``: that many threads at once, one PyTorch
-    thread each (the server's arrangement); None: one loop on PyTorch's default threads.
-    ``graph``: the eager model, or the frozen graphs the server runs."""
+def bare_images_per_s(seconds: float, workers: int | None = None, graph: str = "eager",
+                      model_path: str | None = None) -> float:
+    """Batch-32 forwards for ``seconds`` (one batch at least) of the shipped model or ``model_path``.
+    ``workers``: that many threads at once, one PyTorch thread each (the server's arrangement);
+    None: one loop on PyTorch's default threads. ``graph``: the eager model, or the frozen graphs
+    the server runs."""
     import threading
 
     import torch
@@ -122,7 +125,7 @@ def bare_images_per_s(seconds: float, workers: int | None = None, graph: str = "
 
     if workers:
         torch.set_num_threads(1)
-    model, spec = load_model(None)
+    model, spec = load_model(model_path)
     model = model.to(memory_format=torch.channels_last).eval()
     if graph == "frozen":
         model = FrozenForward(model, spec)
@@ -131,7 +134,7 @@ def bare_images_per_s(seconds: float, workers: int | None = None, graph: str = "
     def run(i: int, until: float) -> None:
         batch = torch.randn(32, 3, spec.input_size, spec.input_size).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            while time.perf_counter() < until:
+            while time.perf_counter() < until or done[i] == 0:
                 model(batch)
                 done[i] += 32
 
@@ -146,9 +149,10 @@ def bare_images_per_s(seconds: float, workers: int | None = None, graph: str = "
     return sum(done) / (time.perf_counter() - t0)
 
 
-def _bare_in_child(seconds: float, workers: int | None, graph: str) -> float:
+def _bare_in_child(seconds: float, workers: int | None, graph: str, model_path: str | None = None) -> float:
     out = subprocess.run([sys.executable, __file__, "--bare", str(workers or 0), "--graph", graph,
-                          "--duration", str(seconds)], capture_output=True, text=True, check=True)
+                          "--duration", str(seconds), *(["--bare-model", str(model_path)] if model_path else [])],
+                         capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -201,11 +205,13 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
-def _wrk(url: str, body: Path, connections: int, seconds: float, script: Path) -> dict:
+def _wrk(url: str, body: Path, connections: int, seconds: float, script: Path, path: str = "/invocations",
+         extra_env: dict[str, str] | None = None) -> dict:
     out = subprocess.run(
         ["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds:g}s", "--latency", "--timeout", "10s",
-         "-s", str(script), f"{url}/invocations"],
-        capture_output=True, text=True, env={**os.environ, "SIGNWATCH_BENCH_BODY": str(body)}, check=True).stdout
+         "-s", str(script), f"{url}{path}"],
+        capture_output=True, text=True, env={**os.environ, "SIGNWATCH_BENCH_BODY": str(body), **(extra_env or {})},
+        check=True).stdout
 
     def ms(label: str) -> float:
         m = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
@@ -286,20 +292,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are kept")
     parser.add_argument("--profile", type=Path, default=None, help="py-spy top functions to this file")
+    parser.add_argument("--model", action="append", default=[], metavar="PATH",
+                        help="measure this model instead (any SIGNWATCH_MODEL_PATH form; repeatable): "
+                             "SageMaker and V2 routes against bare PyTorch (benchmarks/serving_models.py)")
+    parser.add_argument("--families", action="store_true",
+                        help="measure a seeded model of every architecture family at 224 px instead")
     parser.add_argument("--serve", choices=["naive"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--bare", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--graph", choices=["eager", "frozen"], default="eager", help=argparse.SUPPRESS)
+    parser.add_argument("--bare-model", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
         serve_naive(args.port)
         return 0
     if args.bare is not None:
-        print(bare_images_per_s(args.duration, args.bare or None, args.graph))
+        print(bare_images_per_s(args.duration, args.bare or None, args.graph, args.bare_model))
         return 0
     if shutil.which("wrk") is None:
         print("error: wrk not found; install it with `make wrk` (apt-get install wrk)", file=sys.stderr)
         return 2
+    if args.model or args.families:
+        import serving_models
+
+        return serving_models.run(args.model, args.families, args.duration, args.rounds, args.json)
 
     tmp = Path(tempfile.mkdtemp(prefix="signwatch-bench-"))
     body, script = tmp / "sign.png", tmp / "post.lua"

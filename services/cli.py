@@ -12,6 +12,8 @@ from typing import Optional
 
 import typer
 
+from signwatch.data.classes import NUM_CLASSES  # train and evaluate render GTSRB signs: one of each at least
+
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Serve, capture, monitor and explain a traffic-sign classifier.")
 
@@ -29,6 +31,8 @@ def _mount_subapps() -> None:
     app.add_typer(monitor_app, name="monitor", help="The scheduled monitoring job over captured files.")
     from signwatch.debugger.cli import debugger_app
     app.add_typer(debugger_app, name="debugger", help="Recorded tensors: export them (smdebug layout).")
+    from signwatch.model.cli import model_app
+    app.add_typer(model_app, name="model", help="Import your model: SageMaker model.tar.gz, .pth, safetensors.")
 
 
 class Service(str, Enum):
@@ -46,16 +50,12 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def load_settings(**overrides):
-    from pydantic import ValidationError
-
-    from signwatch.config import Settings, with_local_stack
+    from signwatch.config import SettingsError, settings_for_command
 
     try:
-        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as exc:
-        raise fail("invalid SIGNWATCH_ settings: " + "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
-    return with_local_stack(settings)
+        return settings_for_command(**overrides)
+    except SettingsError as exc:
+        raise fail(str(exc))
 
 
 def open_ports_or_fail(settings):
@@ -112,7 +112,7 @@ def demo(
 def train(
     out: Path = typer.Option(Path("models/signwatch-resnet18.safetensors"), help="weights to write"),
     epochs: int = typer.Option(6, min=1, max=1000),
-    per_epoch: int = typer.Option(40_000, min=43, help="size of the rendered training pool"),
+    per_epoch: int = typer.Option(40_000, min=NUM_CLASSES, help="size of the rendered training pool"),
     input_size: int = typer.Option(64, help="64 (default) or 128, the reference's size"),
     batch_size: int = typer.Option(128, min=1),
     lr: float = typer.Option(3e-3, min=0),
@@ -146,7 +146,7 @@ def train(
 @app.command()
 def evaluate(
     weights: Optional[Path] = typer.Option(None, help="safetensors weights (default: shipped)"),
-    count: int = typer.Option(2000, min=43, help="test images per variant"),
+    count: int = typer.Option(2000, min=NUM_CLASSES, help="test images per variant"),
     seed: int = typer.Option(99, help="test-set seed (test split: never seen in training)"),
     variant: list[str] = typer.Option(["clean", "snow", "night", "fog"], help="variants to evaluate"),
     out: Path = typer.Option(Path("evaluation"), help="folder for confusion-matrix PNGs"),

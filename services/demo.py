@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from signwatch.attacks import pgd
+from signwatch.attacks import DEFAULT_TARGET_LABEL, pgd, resolve_target
 from signwatch.config import Settings
 from signwatch.data import render_batch
-from signwatch.data.classes import STOP
+from signwatch.data.classes import NUM_CLASSES
 from signwatch.events import ExplanationEvent, ViolationEvent
 from signwatch.explaining import original_key
 from signwatch.imaging import encode_png
@@ -70,6 +70,11 @@ def run_demo(out: Path, normal: int = 200, adversarial: int = 200, seed: int = 0
     )
     ports = open_ports(settings)
     core = build_core(settings, ports)
+    try:
+        stop = resolve_target(core.spec, DEFAULT_TARGET_LABEL)  # the served model's "Stop" class, by label
+    except ValueError:
+        core.close()
+        raise
     loops = [capture_loop(settings, ports), monitor_loop(settings, core.spec, ports),
              explainer_loop(settings, ports)]
     threads = [loop.start_thread() for loop in loops]
@@ -77,12 +82,12 @@ def run_demo(out: Path, normal: int = 200, adversarial: int = 200, seed: int = 0
     try:
         rng = np.random.default_rng(seed)
         size = core.spec.input_size
-        clean = render_batch(rng.integers(0, 43, normal).tolist(), seed=seed, size=size, variant="clean")
-        to_attack = render_batch(rng.integers(0, 43, adversarial).tolist(), seed=seed + 1,
+        clean = render_batch(rng.integers(0, NUM_CLASSES, normal).tolist(), seed=seed, size=size, variant="clean")
+        to_attack = render_batch(rng.integers(0, NUM_CLASSES, adversarial).tolist(), seed=seed + 1,
                                  size=size, variant="clean")
-        print(f"attacking {adversarial} images towards class {STOP} (Stop) with targeted PGD "
+        print(f"attacking {adversarial} images towards class {stop} ({DEFAULT_TARGET_LABEL}) with targeted PGD "
               f"(L-inf {DEMO_EPS * 255:.0f}/255, {DEMO_STEPS} steps) ...")
-        attacked = pgd(core.classifier.model, core.spec, to_unit_tensor(list(to_attack), size), target=STOP,
+        attacked = pgd(core.classifier.model, core.spec, to_unit_tensor(list(to_attack), size), target=stop,
                        eps=DEMO_EPS, steps=DEMO_STEPS, seed=seed, batch_size=32, quantize_result=True,
                        progress=True)
         adv_images = (attacked.adversarial.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
@@ -113,8 +118,8 @@ def run_demo(out: Path, normal: int = 200, adversarial: int = 200, seed: int = 0
                 e = ExplanationEvent.model_validate_json(m.value)
                 explained[e.violation_id] = e
 
-        stop_violation = lambda: [v for v in raised.values() if v.class_id == STOP]  # noqa: E731
-        _wait_for(lambda: read_bus() or bool(stop_violation()), 60, "a violation for class 14")
+        stop_violation = lambda: [v for v in raised.values() if v.class_id == stop]  # noqa: E731
+        _wait_for(lambda: read_bus() or bool(stop_violation()), 60, f"a violation for class {stop}")
         _wait_for(lambda: read_bus() or set(raised) <= set(explained), 180,
                   "the explainer to report on every violation")
     finally:
@@ -129,10 +134,10 @@ def run_demo(out: Path, normal: int = 200, adversarial: int = 200, seed: int = 0
     stop_report = explained[stop_violation()[0].violation_id]
     summary = {
         "requests_served": total,
-        "clean_stream": {"count": normal, "predicted_stop_share": round(clean_pred.count(STOP) / normal, 4)},
+        "clean_stream": {"count": normal, "predicted_stop_share": round(clean_pred.count(stop) / normal, 4)},
         "adversarial_stream": {"count": adversarial, "attack": f"targeted PGD, L-inf {DEMO_EPS * 255:.0f}/255, {DEMO_STEPS} steps",
                                "attack_success_rate": round(attack_success, 4),
-                               "predicted_stop_share": round(adv_pred.count(STOP) / adversarial, 4)},
+                               "predicted_stop_share": round(adv_pred.count(stop) / adversarial, 4)},
         "records_captured": captured,
         "capture_files": len(capture_files),
         "violations": [

@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from signwatch.config import Settings
 from signwatch.runtime import open_ports
+from signwatch_services.http_server import server_config
 
 SERVICES = ("inference", "capture", "monitor", "explainer", "all")
 _PORTS = ("bus_url", "store_url", "state_url", "s3_access_key", "s3_secret_key", "host")
@@ -105,7 +106,7 @@ def serve(service: str, settings: Settings) -> None:
 
         explainer = build_explainer(settings, ports)
         loops.append(build_loop(settings, ports, explainer, registry=registry))
-        routers.append(explain_router(explainer, settings.max_body_bytes, settings.max_image_side))
+        routers.append(explain_router(explainer, settings))
         routers.append(dashboard_router(explainer_dashboard(settings, ports, explainer.spec)))
 
     threads = [loop.start_thread() for loop in loops]
@@ -118,14 +119,12 @@ def serve(service: str, settings: Settings) -> None:
                 app.include_router(router)
             port = settings.port
         else:
-            from signwatch_services.health import worker_app
+            from signwatch_services.health import loops_waiting, worker_app
 
-            app = worker_app(f"signwatch {service}", threads, ports, registry, routers)
+            app = worker_app(f"signwatch {service}", threads, ports, registry, routers, loops_waiting(loops))
             port = {"capture": settings.capture_port, "monitor": settings.monitor_port,
                     "explainer": settings.explainer_port}[service]
-        # httptools + uvloop, no access log by default: the measured fast path (benchmarks/serving.py)
-        config = uvicorn.Config(app, host=settings.host, port=port, log_level="info", http="httptools",
-                                loop="uvloop", access_log=settings.access_log)
+        config = server_config(app, settings, port)  # with a deadline on request headers (http_server.py)
         # Everything built so far (the model, its graphs, the app) lives as long as the process:
         # kept out of the collector's sight, a full collection in the loaded server took 2 ms, not
         # 155 ms with every thread stopped (the 2-core CPU, 32 clients).

@@ -29,6 +29,8 @@ class CaptureHandler:
                              registry=registry)
 
     def process(self, message: Message) -> None:
+        """The event's schema and meaning are checked at the edge (``parse_event``): what fails is
+        poison, dead-lettered at once by the loop."""
         self.batcher.add(message, parse_event(message.value, InferenceEvent))
 
     def due(self) -> bool:
@@ -39,6 +41,9 @@ class CaptureHandler:
         keys = self.batcher.flush()
         self.records.inc(self.batcher.records_written - before)
         self.files.inc(len(keys))
+
+    def discard(self) -> None:
+        self.batcher.discard()
 
 
 def build_loop(settings: Settings, ports: Ports | None = None, registry=None) -> ConsumerLoop:

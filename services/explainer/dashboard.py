@@ -28,21 +28,27 @@ def dashboard_router(reader: DashboardReader) -> APIRouter:
     async def data() -> JSONResponse:
         return JSONResponse(await run_in_threadpool(reader.read), headers={"Cache-Control": "no-store"})
 
-    @router.get("/dashboard/panel")
-    async def panel(key: str = Query(..., max_length=512)) -> Response:
+    @router.get("/dashboard/panel")  # 404 for every key it does not serve, whatever the reason
+    async def panel(key: str = Query(...)) -> Response:
         if not reader.owns(key):
             return error(404, "not_found", "only explanation panels can be shown")
         try:
             body = await run_in_threadpool(reader.store.get, key)
-        except (ObjectNotFound, KeyError):
-            return error(404, "not_found", f"no panel {key}")
+        except (ObjectNotFound, KeyError, ValueError):  # ValueError: a key the store refuses
+            return error(404, "not_found", "no such panel")
         return Response(body, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
     return router
 
 
 def explainer_dashboard(settings, ports, spec) -> DashboardReader:
-    """The reader the explainer's composition root hands to the page."""
+    """The reader the explainer's composition root hands to the page: labels and version from the
+    manifest the inference service published (re-read every 30 s), else from the explainer's
+    own model (``spec``, the same SIGNWATCH_MODEL_PATH)."""
+    from signwatch.model.published import ModelFacts, published_key, read_published
+
+    facts = ModelFacts(lambda: read_published(ports.store, settings.endpoint), published_key(settings.endpoint),
+                       reload_s=30.0)
     return DashboardReader(state=ports.state, store=ports.store, endpoint=settings.endpoint,
                            explanations_prefix=settings.explanations_prefix,
-                           class_names=spec.class_names, model_version=spec.version)
+                           class_names=spec.class_names, model_version=spec.version, model_facts=facts)

@@ -28,6 +28,8 @@ class ExplainerHandler:
     recent: deque[ExplanationEvent] = field(default_factory=lambda: deque(maxlen=32))
 
     def process(self, message: Message) -> None:
+        # Schema and meaning (sample probabilities, plain names and store keys) are checked at the
+        # edge: what fails is poison, dead-lettered at once by the loop.
         violation = parse_event(message.value, ViolationEvent)
         if violation.state != "open":
             return  # a resolved episode: nothing new to explain
@@ -41,6 +43,9 @@ class ExplainerHandler:
 
     def flush(self) -> None:
         return None
+
+    def discard(self) -> None:
+        return None  # nothing is buffered: each violation is explained and published in process
 
 
 def build_explainer(settings: Settings, ports: Ports) -> Explainer:

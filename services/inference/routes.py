@@ -4,6 +4,8 @@
   its runtime API, as boto3 calls it: answered by ``invocations.py``, a lean ASGI handler in front
   of FastAPI (the hot path); declared here for the OpenAPI spec only
 - ``GET /ping``: the container contract's health check
+- ``/v2/...``: the Open Inference Protocol (KServe V2): its infer routes are answered by
+  ``invocations.py`` too; its metadata and health routes are FastAPI's (``v2_routes.py``)
 - ``GET /health/live``, ``/health/ready``, ``/metrics`` (services/health.py); ``/admin`` (admin.py)
 """
 
@@ -19,6 +21,7 @@ from signwatch.serving import sagemaker
 from signwatch_services.health import health_router
 from signwatch_services.inference.admin import admin_router
 from signwatch_services.inference.invocations import InvocationsMiddleware
+from signwatch_services.inference.v2_routes import v2_router, v2_schemas
 
 IMAGE_TYPES = ("image/png", "image/jpeg", "application/x-npy", "application/octet-stream")
 
@@ -81,15 +84,18 @@ def create_app(core) -> FastAPI:
     app.state.core = core
     app.add_middleware(InvocationsMiddleware, core=core)
     app.include_router(_documented_invocations())
+    app.include_router(v2_router(core))
     app.include_router(admin_router(core))
 
-    @app.get("/ping")
+    @app.get("/ping")  # SageMaker's health check: the same rule as /health/ready
     async def ping() -> JSONResponse:
-        ready = await run_in_threadpool(service.readiness)
+        ready = service.readiness()
         return JSONResponse(status_code=200 if all(ready.values()) else 503, content={"status": ready})
 
     # Live while the micro-batcher runs: without it no request can be answered, a restart helps.
-    app.include_router(health_router(lambda: core.batcher.running, service.readiness, core.registry))
+    # Ready while it can answer; the broker and the store only show in the body (services/health.py).
+    app.include_router(health_router(lambda: core.batcher.running, service.readiness, core.registry,
+                                     dependencies=service.dependencies()))
 
     _document_schemas(app)
     return app
@@ -115,6 +121,7 @@ def _document_schemas(app: FastAPI) -> None:
         schemas["SageMakerError"] = {"type": "object", "required": ["message"], "properties": {
             "message": {"type": "string"}, "ErrorCode": {"type": "string"},
             "OriginalStatusCode": {"type": "integer"}, "OriginalMessage": {"type": "string"}}}
+        schemas.update(v2_schemas())
         app.openapi_schema = spec
         return spec
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -11,11 +12,14 @@ from signwatch.classifier import Classifier, MicroBatcher
 from signwatch.config import Settings
 from signwatch.debugger import Debugger
 from signwatch.model import ModelSpec, load_model
-from signwatch.model.frozen import FrozenForward
+from signwatch.model.frozen import served_forward
+from signwatch.model.published import publish_when_possible
 from signwatch.model.remote import resolve_model_path
 from signwatch.publishing import EventPublisher
 from signwatch.runtime import Ports, open_ports
 from signwatch.serving import InferenceService
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -42,17 +46,28 @@ class InferenceCore:
         self.ports.close()
 
 
+def served_top_k(top_k: int, num_classes: int) -> int:
+    """The answers' k: the setting, at most the served model's class count (known only once loaded)."""
+    if top_k > num_classes:
+        log.warning("SIGNWATCH_TOP_K=%d but the model has %d classes: answering the top %d",
+                    top_k, num_classes, num_classes)
+        return num_classes
+    return top_k
+
+
 def build_core(settings: Settings, ports: Ports | None = None) -> InferenceCore:
     ports = ports or open_ports(settings)
     ports.bus.ensure_topics([settings.inference_topic], settings.topic_partitions)
     model, spec = load_model(resolve_model_path(settings))
+    publish_when_possible(ports.store, settings.endpoint, spec)  # for the monitor, jobs and dashboards
     model = model.to(memory_format=torch.channels_last)  # see Classifier.predict
     registry = CollectorRegistry()
     # Off until switched on at run time through PUT /admin/debugger (services/inference/admin.py).
     debugger = Debugger(store=ports.store, endpoint=settings.endpoint, registry=registry,
-                        worker=settings.debugger_worker)
-    forward = FrozenForward(model, spec) if settings.forward_graph == "frozen" else None
-    classifier = Classifier(model=model, spec=spec, top_k=settings.top_k, debugger=debugger, forward=forward)
+                        worker=settings.debugger_worker, model=model)  # model: its default include regex
+    forward = served_forward(model, spec, settings.forward_graph)  # None: eager (logged when frozen fails)
+    classifier = Classifier(model=model, spec=spec, top_k=served_top_k(settings.top_k, spec.num_classes),
+                            debugger=debugger, forward=forward)
     publisher = EventPublisher(
         bus=ports.bus, store=ports.store, topic=settings.inference_topic, registry=registry,
         max_events=settings.event_buffer_events, max_bytes=settings.event_buffer_bytes,

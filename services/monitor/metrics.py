@@ -14,7 +14,9 @@ class MonitorMetrics:
     def __init__(self, registry: CollectorRegistry | None, endpoint: str) -> None:
         r = registry or CollectorRegistry()
         self.endpoint = endpoint
-        self.predictions = Counter("signwatch_monitor_predictions_total", "Predictions counted, by class",
+        self.predictions = Counter("signwatch_monitor_predictions_total",
+                                   "Predictions counted into the windows, by class (each once; frames folded "
+                                   "into an object counted seconds before are in frames_folded_total)",
                                    ["endpoint", "class_id"], registry=r)
         self.low_share = Gauge("signwatch_monitor_low_confidence_share", "Low-confidence share by window",
                                ["endpoint", "window"], registry=r)
@@ -28,15 +30,37 @@ class MonitorMetrics:
                                   ["endpoint", "check", "state"], registry=r)
         self.unpublishable = Counter("signwatch_monitor_unpublishable_total", "Violations too large to publish",
                                      ["endpoint"], registry=r).labels(endpoint)
+        self.republished = Counter("signwatch_monitor_outbox_republished_total",
+                                   "Violations re-published from the outbox: claimed, never acknowledged by the "
+                                   "bus (the claimer died, or its publish failed)", ["endpoint"],
+                                   registry=r).labels(endpoint)
+        self.outbox_pending = Gauge("signwatch_monitor_outbox_pending", "Violations claimed and not yet published, "
+                                    "at the last sweep", ["endpoint"], registry=r).labels(endpoint)
         self.latency = Histogram("signwatch_monitor_detection_latency_seconds",
                                  "From the event that tipped a check to its violation published", ["endpoint"],
                                  buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30), registry=r).labels(endpoint)
         self.lag = Gauge("signwatch_monitor_consumer_lag_seconds", "How far behind the newest event the monitor is",
                          ["endpoint"], registry=r).labels(endpoint)
+        self.unreadable = Counter("signwatch_monitor_unreadable_total",
+                                  "Events counted as unreadable (completeness), by reason: not_an_event, "
+                                  "class_out_of_range (not one of the served model's classes), no_predictions",
+                                  ["endpoint", "reason"], registry=r)
+        self.folded = Counter("signwatch_monitor_frames_folded_total",
+                              "Frames not counted on their own: one more frame of an object counted seconds ago "
+                              "(tracks), by what matched it: hash (near-duplicate image), name (track=...)",
+                              ["endpoint", "by"], registry=r)
 
-    def observed(self, event: InferenceEvent, message: Message) -> None:
-        self.predictions.labels(self.endpoint, str(event.output.predictions[0].class_id)).inc()
+    def observed(self, message: Message) -> None:
         self.lag.set(max(0.0, time.time() - message.timestamp_ms / 1000))
+
+    def counted(self, class_id: int) -> None:
+        self.predictions.labels(self.endpoint, str(class_id)).inc()
+
+    def unreadable_seen(self, reason: str, event: InferenceEvent | None = None) -> None:
+        self.unreadable.labels(self.endpoint, reason).inc()
+
+    def folded_seen(self, by: str, n: int) -> None:
+        self.folded.labels(self.endpoint, by).inc(n)
 
     def evaluated(self, evaluation) -> None:
         for w in evaluation.windows:

@@ -128,12 +128,16 @@ class CaptureBatcher:
             self.store.put(key, ("\n".join(file.lines) + "\n").encode(), "application/jsonlines")
             keys.append(key)
             self.records_written += len(file.lines)
+        self.discard()
+        self.written.extend(keys)
+        return keys
+
+    def discard(self) -> None:
+        """Forget the buffered records (written or not): the consumer loop replays their messages."""
         self._files.clear()
         self._buffered = 0
         self._buffered_bytes = 0
         self._opened_at = None
-        self.written.extend(keys)
-        return keys
 
 
 def read_capture_lines(data: bytes) -> tuple[list[dict], int]:

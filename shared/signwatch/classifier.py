@@ -20,6 +20,14 @@ from signwatch.events import Prediction
 from signwatch.model import ModelSpec, preprocess
 
 
+@dataclass(frozen=True)
+class Classification:
+    """One image's answer: its top-k (best first) and the softmax over every class."""
+
+    predictions: list[Prediction]
+    probabilities: np.ndarray  # float32, (num_classes,)
+
+
 @dataclass
 class Classifier:
     model: torch.nn.Module
@@ -38,6 +46,15 @@ class Classifier:
 
     def predict(self, requests: list[tuple[np.ndarray, str]]) -> list[list[Prediction]]:
         """Top-k for each (image, request id); the id names the debugger's step for it."""
+        return self.top_predictions(self._logits(requests))
+
+    def classify(self, requests: list[tuple[np.ndarray, str]]) -> list[Classification]:
+        """``predict`` with each image's full softmax beside its top-k (the V2 protocol answers both)."""
+        probs = torch.softmax(self._logits(requests).float(), dim=1)
+        rows = probs.detach().cpu().numpy()  # float32 (softmax of .float()); row i: a view for image i
+        return [Classification(p, r) for p, r in zip(self._top(probs), rows)]
+
+    def _logits(self, requests: list[tuple[np.ndarray, str]]) -> torch.Tensor:
         batch = preprocess([image for image, _ in requests], self.spec).to(self.device)
         # NHWC: measured 1.28x (batch 1) and 1.32x (batch 64) over NCHW on the 2-core CPU
         # (benchmarks/model.py); the model is converted once in the composition root.
@@ -48,10 +65,12 @@ class Classifier:
         else:
             with torch.inference_mode():
                 logits = (self.forward or self.model)(batch)
-        return self.top_predictions(logits)
+        return logits
 
     def top_predictions(self, logits: torch.Tensor) -> list[list[Prediction]]:
-        probs = torch.softmax(logits.float(), dim=1)
+        return self._top(torch.softmax(logits.float(), dim=1))
+
+    def _top(self, probs: torch.Tensor) -> list[list[Prediction]]:
         values, indices = probs.topk(min(self.top_k, probs.shape[1]), dim=1)
         return [
             [

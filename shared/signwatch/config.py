@@ -10,8 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from signwatch.events import MAX_NAME, MAX_PREDICTIONS, NAME_PATTERN
 
 
 class Settings(BaseSettings):
@@ -25,24 +27,51 @@ class Settings(BaseSettings):
     s3_secret_key: SecretStr | None = None
     s3_region: str = "us-east-1"
 
+    @field_validator("bus_url", "store_url", "state_url")
+    @classmethod
+    def _port_url(cls, url: str | None, info) -> str | None:
+        """A scheme no adapter serves, or an option it would ignore, stops the service at start."""
+        from signwatch.ports import check_url
+
+        if url is not None:
+            check_url(info.field_name.removesuffix("_url"), url)
+        return url
+
     # Topics.
     inference_topic: str = "signwatch.inference"
     violations_topic: str = "signwatch.violations"
+    baselines_topic: str = Field(
+        "signwatch.baselines", description="the monitor's baseline events: a baseline learned from an endpoint's "
+        "first traffic took over (docs/monitoring.md, Baselines at the right time)")
     explanations_topic: str = "signwatch.explanations"
     topic_partitions: int = Field(3, ge=1)
 
-    # Endpoint identity, as SageMaker names it.
-    endpoint: str = "signwatch"
-    variant: str = "AllTraffic"
+    # Endpoint identity, as SageMaker names it; parts of store and state keys, so plain names (the
+    # events' own rule: a name the consumers would refuse is refused here, at start).
+    endpoint: str = Field("signwatch", max_length=MAX_NAME, pattern=NAME_PATTERN)
+    variant: str = Field("AllTraffic", max_length=MAX_NAME, pattern=NAME_PATTERN)
 
     # Inference service.
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     model_path: str | None = Field(
-        None, description="safetensors weights (manifest beside them): a local path, or "
-        "s3://bucket/key.safetensors[?endpoint=URL] fetched once into model_cache_dir; shipped ones by default")
+        None, description="the model: signwatch safetensors (manifest beside them), a SageMaker model.tar.gz, a "
+        ".pth state dict or a bare safetensors (imported at start), as a local path or s3://bucket/key[?endpoint=URL] "
+        "fetched once into model_cache_dir; shipped ones by default")
     model_cache_dir: Path = Field(Path.home() / ".cache" / "signwatch" / "models",
-                                  description="where weights fetched from S3 are kept, by sha256")
+                                  description="where weights fetched from S3 (and imported ones) are kept, by sha256")
+    # How a model_path that is not signwatch's own safetensors + manifest (a SageMaker model.tar.gz,
+    # a .pth state dict, a bare safetensors) is imported at start (docs/your-model.md).
+    model_architecture: str | None = Field(
+        None, description="torchvision architecture of an imported model (inferred from its weights when unset)")
+    model_num_classes: int | None = Field(None, ge=2, description="class count of an imported model (inferred)")
+    model_input_size: int | None = Field(
+        None, ge=8, le=1024, description="input size of an imported model (default: its family's, 224 px)")
+    model_labels: str | None = Field(
+        None, description="labels of an imported model: a file (path, file:// or s3://), one per line or JSON")
+    model_mean: tuple[float, float, float] | None = Field(None, description="imported model's normalisation mean")
+    model_std: tuple[float, float, float] | None = Field(None, description="imported model's normalisation std")
+    model_version: str | None = Field(None, max_length=128, description="version of an imported model")
     max_body_bytes: int = Field(6 * 1024 * 1024, ge=1024, description="SageMaker's invocation limit")
     max_image_side: int = Field(4096, ge=8)
     max_image_pixels: int = Field(1024 * 1024, ge=64, description="decoded pixels per image")
@@ -65,10 +94,19 @@ class Settings(BaseSettings):
     max_inflight_bytes: int = Field(192 * 1024 * 1024, ge=1024, description="request bodies held at once")
     decode_workers: int = Field(2, ge=1, description="images decoded at once")
     body_timeout_s: float = Field(10.0, gt=0, description="time to receive a whole request body")
+    # Fair admission (docs/operations.md): what one slow client may hold, so that it cannot starve the rest.
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="time to receive a request's headers, from its connection or its first byte; "
+        "then the connection is closed (every service)")
+    slow_body_after_s: float = Field(
+        1.0, gt=0, description="a body still arriving after this long is a slow upload")
+    max_slow_uploads: int = Field(
+        16, ge=0, description="slow uploads read at once; one more is cut off with 408 (fast bodies never wait)")
     publish_events: bool = Field(True, description="False: serve without publishing (capture off)")
     event_buffer_events: int = Field(20_000, ge=1, description="events waiting for the bus, at most")
     event_buffer_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="bytes of those, at most")
-    top_k: int = Field(5, ge=1, le=43)
+    top_k: int = Field(5, ge=1, le=MAX_PREDICTIONS,
+                       description="classes in each answer, at most the model's class count")
     inline_input_limit_bytes: int = Field(
         64 * 1024, description="inputs larger than this travel by claim check in the store"
     )
@@ -97,20 +135,75 @@ class Settings(BaseSettings):
     monitor_count_window: int = Field(200, ge=20, le=10_000, description="the last N predictions")
     monitor_check_every_events: int = Field(50, ge=1)
     monitor_check_interval_seconds: float = Field(1.0, gt=0)
-    monitor_resolve_after_seconds: float = Field(120.0, ge=0, description="passing this long ends an episode")
+    monitor_resolve_after_seconds: float = Field(
+        120.0, ge=0, description="an incident ends once every check was clear this long, and for ...")
+    monitor_resolve_after_predictions: int = Field(
+        100, ge=0, le=1_000_000, description="... as long as the traffic takes to bring this many predictions "
+        "(hysteresis that scales with the traffic: 2,000 s at 0.05 requests a second)")
+    monitor_sequential: bool = Field(
+        True, description="run the sequential checks beside the window checks: evidence per prediction, no "
+        "window to fill, detection at any rate (docs/monitoring.md, Sequential checks)")
     monitor_samples_per_class: int = Field(8, ge=1, le=64)
     monitor_baseline_prefix: str | None = Field(None, description="store prefix (default baselines/{endpoint})")
+    monitor_baseline_reload_seconds: float = Field(30.0, gt=0, description="how often the baseline is re-read")
+    monitor_learn_baseline_seconds: float = Field(
+        10_800, ge=0, description="with no baseline uploaded for the endpoint, learn one from its first traffic for "
+        "at least this long (and monitor_learn_baseline_min_count predictions), then write it to the store and take it "
+        "over; 0: never learn (docs/monitoring.md, Baselines at the right time)")
+    monitor_learn_baseline_min_count: int = Field(
+        1000, ge=100, description="predictions a learned baseline needs at least, beside monitor_learn_baseline_seconds")
+    monitor_shipped_class_checks: bool = Field(
+        False, description="let the shipped baseline (rendered signs, uniform classes) judge the class shares of real "
+        "traffic; by default it judges only confidence, margin and low confidence")
+    monitor_model_reload_seconds: float = Field(
+        30.0, gt=0, description="how often the served model's published manifest (models/{endpoint}/manifest.json) "
+        "is re-read when SIGNWATCH_MODEL_PATH is unset")
     monitor_group: str = Field("signwatch-monitor", description="the monitor service's consumer group")
+    monitor_outbox_grace_seconds: int = Field(
+        15, ge=1, description="a claimed violation not published within this long is re-published by any "
+        "replica's sweep (keep it above the 10 s publish timeout)")
+    monitor_track_window_seconds: float = Field(
+        5.0, ge=0, description="frames of one object (image hashes within monitor_track_max_distance, or one "
+        "named track=...) seen within this long of the track's last frame count as one observation; 0: off")
+    monitor_track_max_distance: int = Field(
+        10, ge=0, le=32, description="Hamming distance of two 64-bit image hashes that still shows one object")
+    monitor_track_max_age_seconds: float = Field(
+        60.0, gt=0, description="a track is counted again once it is this old (a camera that stays on one sign)")
+    monitor_track_capacity: int = Field(
+        1024, ge=16, le=100_000, description="frames the track list shared by the replicas holds per endpoint")
+    monitor_test_exit_after_claim: str | None = Field(
+        None, description="tests only: the first replica (of the endpoint) to claim an incident naming this check "
+        "exits (os._exit) right after the claim, before publishing its violation: the crash the outbox recovers from")
 
     # Explainer service.
     explanations_prefix: str = "explanations"
     explainer_method: str = Field("fullgrad", pattern="^(fullgrad|input_x_gradient|gradcam)$")
+    explain_workers: int = Field(1, ge=1, description="POST /explain computations run at once (their own threads)")
+    explain_max_pending: int = Field(
+        2, ge=1, description="POST /explain calls admitted at once (running or waiting); more are answered 429")
     explainer_port: int = Field(8081, ge=0, le=65535, description="explainer HTTP: /explain, health")
     capture_port: int = Field(8082, ge=0, le=65535, description="capture health and metrics")
     monitor_port: int = Field(8083, ge=0, le=65535, description="monitor health and metrics")
 
     # Consumers.
     poll_timeout_ms: int = Field(500, ge=1)
+
+
+class SettingsError(ValueError):
+    """The environment's SIGNWATCH_ settings are not valid; the message names each problem."""
+
+
+def settings_for_command(**overrides) -> Settings:
+    """What a command line runs with: the environment (with ``overrides`` not None) and a local
+    stack started here; a ``SettingsError`` in one line rather than pydantic's report."""
+    from pydantic import ValidationError
+
+    try:
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        raise SettingsError("invalid SIGNWATCH_ settings: " + "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+    return with_local_stack(settings)
 
 
 def with_local_stack(settings: Settings, root: Path | None = None) -> Settings:

@@ -1,8 +1,9 @@
 """Documents generated from the code, so that they cannot drift from it:
-``docs/asyncapi.yaml`` (the three topics, from the event models in ``signwatch.events``) and
-``docs/configuration.md`` (every setting, from ``signwatch.config.Settings``).
+``docs/asyncapi.yaml`` (the topics, from the event models in ``signwatch.events``),
+``docs/configuration.md`` (every setting, from ``signwatch.config.Settings``) and
+``docs/checks.md`` (every check, from ``signwatch.monitoring.registry``).
 
-Regenerate both with ``python -m signwatch.contracts`` (tests/unit/test_contracts.py fails when
+Regenerate them with ``python -m signwatch.contracts`` (tests/unit/test_contracts.py fails when
 a committed copy is stale).
 """
 
@@ -17,6 +18,7 @@ from pydantic import BaseModel, SecretStr
 
 from signwatch import events
 from signwatch.config import Settings
+from signwatch.consuming import DLQ_HEADERS, dlq_topic
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -27,6 +29,7 @@ TOPICS = {
     "violations_topic": (events.ViolationEvent, "violation_id", "monitor",
                          ["explainer (group signwatch-explainer)"]),
     "explanations_topic": (events.ExplanationEvent, "violation_id", "explainer", ["dashboards, tickets, anyone"]),
+    "baselines_topic": (events.BaselineEvent, "endpoint", "monitor", ["dashboards, operators, anyone"]),
 }
 
 EVOLUTION_RULE = (
@@ -73,7 +76,8 @@ def asyncapi_document(settings: Settings | None = None) -> dict:
         channels[channel] = {
             "address": topic,
             "description": f"Published by {producer}; read by {', '.join(consumers)}. Poison messages "
-                           f"go to `{topic}.dlq` unchanged.",
+                           f"go to `{dlq_topic(topic)}` unchanged, with the headers "
+                           f"{', '.join(f'`{h}`' for h in DLQ_HEADERS)} (why, which consumer group, from where).",
             "messages": {name: {"$ref": f"#/components/messages/{name}"}},
             "bindings": {"kafka": {"partitions": settings.topic_partitions}},
         }
@@ -150,7 +154,33 @@ def configuration_markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
-GENERATED = {"asyncapi.yaml": asyncapi_yaml, "configuration.md": configuration_markdown}
+def checks_markdown() -> str:
+    from signwatch.monitoring import registry
+
+    needs = {"nothing": "nothing", "baseline": "a baseline",
+             "class_baseline": "a baseline of the endpoint's own traffic (not the shipped one, unless asked)"}
+    lines = [
+        "# Checks reference",
+        "",
+        "Generated from `signwatch.monitoring.registry` by `python -m signwatch.contracts`; do not edit.",
+        "Each check is declared once there; the monitor, the scheduled job (window checks), the metrics",
+        "and the dashboard look it up. Budget: the check's share of `alpha_per_day` when every check runs",
+        "(renormalised over the checks that run: the job runs the window checks only). Checks of one",
+        "incident group failing together are one incident, one violation (docs/monitoring.md).",
+        "",
+        "| check | kind | feature | needs | budget | samples | incident | test | what a violation says |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    every = registry.shares(("window", "sequential"))
+    for k in registry.CHECKS:
+        budget = f"{every[k.name]:.0%}" if k.name in every else "fixed rule"
+        lines.append(f"| `{k.name}` | {k.kind} | {k.feature} | {needs[k.needs]} | {budget} | {k.samples} | "
+                     f"{k.incident} | {k.test} | {k.description} |")
+    return "\n".join(lines) + "\n"
+
+
+GENERATED = {"asyncapi.yaml": asyncapi_yaml, "configuration.md": configuration_markdown,
+             "checks.md": checks_markdown}
 
 
 def main() -> int:

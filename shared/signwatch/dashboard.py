@@ -1,12 +1,16 @@
 """What the live dashboard shows, as one JSON document: ``DashboardReader.read()``.
 
 Two sources: the monitor's snapshot in the state store (``signwatch.monitoring.read_snapshot``:
-windows, baseline, drift statistics, episodes) and the explainer's reports in the object store
+windows, baseline, drift statistics, incidents) and the explainer's reports in the object store
 (``{explanations_prefix}/{violation_id}/report.json`` beside one PNG panel per sample: the
 original, the input and the saliency overlay side by side). Reports never change once written,
 so each is read once and kept; a poll lists the prefix and reads only what is new.
 The reader is tolerant: a snapshot with fields missing (older monitor) or no snapshot at all
 still gives a document, with ``null`` where nothing is known.
+
+Labels and version are the served model's: ``model_facts`` (``signwatch.model.published.ModelFacts``,
+the manifest the inference service published, re-read every 30 s) when it knows them, else the
+``class_names`` and ``model_version`` the reader was built with.
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ from collections import OrderedDict
 from datetime import datetime, timezone
 
 from signwatch.ports.state import StateStore
-from signwatch.ports.store import ObjectStore
+from signwatch.ports.store import ObjectStore, check_key
 
 log = logging.getLogger(__name__)
 MAX_CACHED_REPORTS = 2000
+MAX_PANEL_KEY = 512  # characters of a panel's key, at most
 
 
 def _read_snapshot(state: StateStore, endpoint: str) -> dict | None:
@@ -56,7 +61,7 @@ def summarize_snapshot(snapshot: dict | None, class_names: tuple[str, ...] = ())
                 "label": class_names[int(k)] if k.isdigit() and int(k) < len(class_names) else k,
                 "count": counts.get(k, 0), "share": round(live.get(k, 0.0), 6),
                 "baseline_share": round(base[k], 6) if k in base else None} for k in ids]
-    drift = {name: {k: v for k, v in (stat or {}).items() if k in ("statistic", "p_value")}
+    drift = {name: {k: v for k, v in (stat or {}).items() if k in ("statistic", "p_value", "n", "judged")}
              for name, stat in (snap.get("drift") or {}).items()}
     return {
         "time": snap.get("time"),
@@ -69,7 +74,7 @@ def summarize_snapshot(snapshot: dict | None, class_names: tuple[str, ...] = ())
         "baseline_low_confidence_share": baseline.get("low_confidence_share"),
         "drift": drift,
         "estimated_accuracy": snap.get("estimated_accuracy"),
-        "episodes": list(snap.get("episodes") or []),
+        "incidents": list(snap.get("incidents") or []),
     }
 
 
@@ -92,10 +97,12 @@ def violation_summary(report: dict, report_key: str, time_: str | None) -> dict:
 class DashboardReader:
     def __init__(self, state: StateStore, store: ObjectStore, endpoint: str, explanations_prefix: str,
                  class_names: tuple[str, ...] = (), model_version: str | None = None,
-                 max_violations: int = 6, list_every_s: float = 1.0) -> None:
+                 max_violations: int = 6, list_every_s: float = 1.0, model_facts=None) -> None:
         self.state, self.store, self.endpoint = state, store, endpoint
         self.prefix = explanations_prefix.rstrip("/")
         self.class_names, self.model_version = class_names, model_version
+        self.model_facts = model_facts  # has poll() -> ModelSpec | None
+        self._facts_lock = threading.Lock()
         self.max_violations = max_violations
         self._reports: OrderedDict[str, dict | None] = OrderedDict()  # key -> summary (None: other endpoint)
         self._lock = threading.Lock()
@@ -103,8 +110,14 @@ class DashboardReader:
         self._listed: tuple[float, list[dict]] | None = None
 
     def owns(self, key: str) -> bool:
-        """Only panel images under the explanations prefix may be served by the page."""
-        return key.startswith(self.prefix + "/") and key.endswith(".png") and ".." not in key
+        """Only panel images under the explanations prefix may be served by the page, by their one
+        spelling: a key the store would refuse (``prefix//x.png``, ``./``, ``..``) is not a panel."""
+        try:
+            check_key(key)
+        except ValueError:
+            return False
+        return (len(key) <= MAX_PANEL_KEY and key.startswith(self.prefix + "/") and key.endswith(".png")
+                and ".." not in key)
 
     def _violations(self) -> list[dict]:
         now = time.monotonic()
@@ -134,14 +147,29 @@ class DashboardReader:
         found.sort(key=lambda v: v["time"] or "", reverse=True)
         return found[: self.max_violations]
 
+    def _served(self) -> tuple[tuple[str, ...], str | None]:
+        """(labels, version) of the served model."""
+        if self.model_facts is not None:
+            try:
+                with self._facts_lock:  # pages poll from several threads: one read of the store
+                    spec = self.model_facts.poll()
+            except Exception as exc:  # noqa: BLE001 - the page shows what it knew
+                log.warning("model facts of %s unreadable: %s", self.endpoint, exc)
+                spec = None
+            if spec is not None:
+                return spec.class_names, spec.version
+        return self.class_names, self.model_version
+
     def read(self) -> dict:
         started = time.perf_counter()
-        snapshot = summarize_snapshot(_read_snapshot(self.state, self.endpoint), self.class_names)
+        class_names, version = self._served()
+        snapshot = summarize_snapshot(_read_snapshot(self.state, self.endpoint), class_names)
         violations = self._violations()
         return {
             "endpoint": self.endpoint,
             "generated_at": datetime.now(timezone.utc).isoformat(),
-            "model_version": snapshot["model_version"] or self.model_version,
+            "model_version": snapshot["model_version"] or version,
+            "served_model": {"version": version, "num_classes": len(class_names) or None},
             "monitor": snapshot,
             "violations": violations,
             "read_ms": round((time.perf_counter() - started) * 1000, 1),

@@ -2,16 +2,57 @@
 
 The ``schema`` field names the type and its version. A consumer that meets a schema it does not
 know (or a message that is not JSON) treats it as poison: it logs it, counts it and moves on.
+
+The models also say what an event means, so that every consumer checks it at its edge, once, here:
+probabilities are finite numbers in [0, 1] (a JSON string is not a number), an output has at least
+one prediction and at most ``MAX_PREDICTIONS`` with distinct class ids, names that end up in store
+keys are plain names, strings are bounded. An event that passes can be counted, captured and
+explained without raising (issue 16: a probability of 1e308 stopped the monitor for good).
 """
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime, timezone
-from typing import Literal
+from typing import Annotated, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+# Bounds of an event's parts. The producer stays far inside them; what lies outside is poison.
+MAX_PREDICTIONS = 1000          # classes in one answer: Settings.top_k is bounded by it
+MAX_NAME = 128                  # endpoint, variant, model version, ids
+MAX_LABEL = 256                 # a class name
+MAX_CONTENT_TYPE = 128          # a sniffed content type
+MAX_HEADER_TEXT = 16 * 1024     # text a client sent in an HTTP header (its whole header block is less)
+MAX_KEY = 1024                  # an object-store key
+# Names that become parts of store keys and Redis keys (endpoint, variant, event and violation ids):
+# no separators, no "..", nothing to escape. SageMaker's own endpoint names are a subset.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+# A client's name for the object its frames show (``track=<name>`` in the custom attributes): the
+# monitor counts the frames of one named track seen within seconds as one observation.
+TRACK_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}$"
+
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME, pattern=NAME_PATTERN)]
+Text = Annotated[str, Field(max_length=MAX_NAME)]
+Probability = Annotated[float, Field(strict=True, ge=0.0, le=1.0, allow_inf_nan=False)]
+ClassId = Annotated[int, Field(strict=True, ge=0)]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Size = Annotated[int, Field(strict=True, ge=0)]
+ImageHash = Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
+
+
+def store_key(key: str) -> str:
+    """A key an event names in the object store: relative, no ``..`` segment, no control
+    characters (an event must not make a consumer read or write outside the store's prefixes)."""
+    if not key or len(key) > MAX_KEY or key.startswith("/") or "\\" in key \
+            or any(ord(c) < 32 for c in key) or ".." in key.split("/"):
+        raise ValueError(f"not a plain object-store key: {key[:80]!r}")
+    return key
+
+
+StoreKey = Annotated[str, AfterValidator(store_key)]
 
 
 def utc_now() -> datetime:
@@ -38,30 +79,43 @@ class InputPayload(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    content_type: str
-    observed_content_type: str | None = None
+    content_type: str = Field(max_length=MAX_CONTENT_TYPE)
+    observed_content_type: str | None = Field(None, max_length=MAX_HEADER_TEXT)
     encoding: Literal["BASE64"] = "BASE64"
     data: str | None = None
-    ref: str | None = Field(None, description="object-store key holding the raw bytes")
-    sha256: str
-    size: int
+    ref: StoreKey | None = Field(None, description="object-store key holding the raw bytes")
+    sha256: Sha256
+    size: Size
+
+    @model_validator(mode="after")
+    def _inline_or_claim_check(self) -> "InputPayload":
+        if (self.data is None) == (self.ref is None):
+            raise ValueError("an input is either inline (data) or a claim check (ref), exactly one")
+        return self
 
 
 class Prediction(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    class_id: int
-    label: str
-    probability: float
+    class_id: ClassId
+    label: str = Field(max_length=MAX_LABEL)
+    probability: Probability
 
 
 class InferenceOutput(BaseModel):
-    """The response body returned to the client."""
+    """The response body returned to the client: the top-k classes, each once."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    predictions: list[Prediction]
-    model_version: str
+    predictions: list[Prediction] = Field(min_length=1, max_length=MAX_PREDICTIONS)
+    model_version: Text
+
+    @field_validator("predictions")
+    @classmethod
+    def _distinct_classes(cls, predictions: list[Prediction]) -> list[Prediction]:
+        if len({p.class_id for p in predictions}) != len(predictions):
+            raise ValueError("a class id appears twice in one answer")
+        return predictions
 
 
 class ResponsePayload(BaseModel):
@@ -73,27 +127,31 @@ class ResponsePayload(BaseModel):
     data: str
 
 
-INFERENCE_SCHEMA = "signwatch.inference/v2"
+INFERENCE_SCHEMA = "signwatch.inference/v3"
 
 
 class InferenceEvent(_Event):
     """One image's inference. v2 adds ``custom_attributes``, ``response`` and the input's
-    ``observed_content_type``; all optional, so v1 events still parse (and are read as v1)."""
+    ``observed_content_type``; v3 adds ``image_hash``; all optional, so older events still parse
+    (and are read as what they are)."""
 
-    schema_: Literal["signwatch.inference/v1", "signwatch.inference/v2"] = Field(
+    schema_: Literal["signwatch.inference/v1", "signwatch.inference/v2", "signwatch.inference/v3"] = Field(
         INFERENCE_SCHEMA, alias="schema", serialization_alias="schema"
     )
-    event_id: str = Field(default_factory=new_id)
+    event_id: Name = Field(default_factory=new_id)
     inference_id: str | None = Field(None, max_length=64)
     custom_attributes: str | None = Field(None, max_length=1024)
     time: datetime = Field(default_factory=utc_now)
-    endpoint: str
-    variant: str
-    model_version: str
+    endpoint: Name
+    variant: Name
+    model_version: Text
     input: InputPayload
     output: InferenceOutput
     response: ResponsePayload | None = None
-    latency_ms: float
+    latency_ms: float = Field(ge=0, allow_inf_nan=False)
+    image_hash: ImageHash | None = Field(
+        None, description="64-bit perceptual hash (pHash) of the decoded image, as 16 hex digits: near-duplicate "
+                          "frames of one object are close in Hamming distance (the monitor counts them once)")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -103,7 +161,8 @@ class InferenceEvent(_Event):
 
 def encode_inference_event(*, event_id: str, time: datetime, endpoint: str, variant: str, model_version: str,
                            input: InputPayload, output_json: str, response_type: str, latency_ms: float,
-                           inference_id: str | None = None, custom_attributes: str | None = None) -> bytes:
+                           inference_id: str | None = None, custom_attributes: str | None = None,
+                           image_hash: str | None = None) -> bytes:
     """The bytes of an ``InferenceEvent`` built from parts the serving core already holds: the
     output as the response's JSON text (it is the same object), without building the model.
 
@@ -117,6 +176,7 @@ def encode_inference_event(*, event_id: str, time: datetime, endpoint: str, vari
         "custom_attributes": custom_attributes, "time": time, "endpoint": endpoint, "variant": variant,
         "model_version": model_version, "input": input.model_dump(), "output": orjson.Fragment(output_json),
         "response": {"content_type": response_type, "data": output_json}, "latency_ms": latency_ms,
+        "image_hash": image_hash,
     }, option=orjson.OPT_UTC_Z)
 
 
@@ -135,13 +195,13 @@ class ViolationSample(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    event_id: str
-    ref: str = Field(description="object-store key of the request bytes")
-    sha256: str
-    size: int
-    content_type: str
-    predicted_class: int
-    probability: float
+    event_id: Name
+    ref: StoreKey = Field(description="object-store key of the request bytes")
+    sha256: Sha256
+    size: Size
+    content_type: str = Field(max_length=MAX_CONTENT_TYPE)
+    predicted_class: ClassId
+    probability: Probability
 
 
 class ViolationWindow(BaseModel):
@@ -160,20 +220,24 @@ MAX_VIOLATION_BYTES = 64 * 1024
 
 
 class ViolationEvent(_Event):
-    """A check that failed (``state="open"``, once per episode) or passed again (``"resolved"``)."""
+    """An incident that opened (``state="open"``, once per incident) or ended (``"resolved"``).
 
-    schema_: Literal["signwatch.violation/v2"] = Field(
-        "signwatch.violation/v2", alias="schema", serialization_alias="schema"
+    ``check_name`` is the check that speaks for it (the first failing in the registry's order),
+    ``checks`` every check that failed with it (v3; v2 events, one per check, still parse)."""
+
+    schema_: Literal["signwatch.violation/v2", "signwatch.violation/v3"] = Field(
+        "signwatch.violation/v3", alias="schema", serialization_alias="schema"
     )
-    violation_id: str = Field(default_factory=new_id)
+    violation_id: Name = Field(default_factory=new_id)
     state: Literal["open", "resolved"] = "open"
     time: datetime = Field(default_factory=utc_now)
-    endpoint: str
-    variant: str
-    model_version: str | None = None
+    endpoint: Name
+    variant: Name
+    model_version: Text | None = None
     check: ViolationCheck
     check_name: str = Field("over_prediction", description="which signwatch check: over_prediction, ...")
-    class_id: int | None = None
+    checks: list[Name] = Field([], max_length=64, description="every check failing in the incident (v3)")
+    class_id: int | None = Field(None, description="the class a class check names (or whose share rose most)")
     share: float | None = None
     observed: float | None = Field(None, description="the observed value (a share, a distance)")
     statistic: float | None = None
@@ -187,6 +251,37 @@ class ViolationEvent(_Event):
     tipped_at: datetime | None = Field(None, description="time of the event that tipped the check")
     report: str | None = Field(None, description="object-store key of constraint_violations.json")
     samples: list[ViolationSample] = Field([], max_length=MAX_VIOLATION_SAMPLES)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json(by_alias=True).encode()
+
+
+BaselineSource = Literal["given", "store", "shipped", "learned", "none"]
+
+
+class BaselineEvent(_Event):
+    """A baseline learned from an endpoint's first traffic took over its monitoring (once across
+    replicas): its files are in the store, in SageMaker's shapes, where an uploaded one would be."""
+
+    schema_: Literal["signwatch.baseline/v1"] = Field(
+        "signwatch.baseline/v1", alias="schema", serialization_alias="schema"
+    )
+    event_id: Name = Field(default_factory=new_id)
+    time: datetime = Field(default_factory=utc_now)
+    endpoint: Name
+    variant: Name
+    model_version: Text | None = None
+    num_classes: int = Field(ge=1, le=MAX_PREDICTIONS)
+    baseline_id: Name
+    item_count: int = Field(ge=1, description="predictions the baseline was learned from")
+    learned_from: datetime = Field(description="event time of the first prediction learned from")
+    learned_to: datetime = Field(description="event time of the newest prediction when it took over")
+    statistics: StoreKey = Field(description="object-store key of statistics.json")
+    constraints: StoreKey = Field(description="object-store key of constraints.json")
+    previous: BaselineSource = Field(description="what judged the traffic before: the shipped baseline, or none")
+    previous_baseline_id: Name | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

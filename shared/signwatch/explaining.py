@@ -125,20 +125,35 @@ class Explainer:
         batch = preprocess(images, self.spec)
         errors: list[float | None] = [None] * len(images)
         if method == "fullgrad":
-            result = fullgrad(self.model, batch, target)
+            # Approximate families (hardswish, SiLU, squeeze-excitation) miss completeness by design:
+            # warn only beyond the bound measured for the family (docs/architectures.md).
+            result = fullgrad(self.model, batch, target, warn_above=self.spec.arch.fullgrad_warn_above)
             logits, tgt = result.logits.detach(), result.target
             maps, errors = result.maps, [float(e) for e in result.completeness_rel_error]
         else:
             with torch.no_grad():
                 logits = self.model(batch)
             tgt = logits.argmax(1) if target is None else torch.as_tensor(target).expand(len(images))
-            maps = (input_x_gradient if method == "input_x_gradient" else gradcam)(self.model, batch, tgt)
+            if method == "gradcam":  # the registry's layer; an explicit layer is cloned, so
+                # in-place ops after it (DenseNet's ReLU after ``features``) leave it intact
+                maps = gradcam(self.model, batch, tgt, layer=self.spec.arch.gradcam_layer(self.model))
+            else:
+                maps = input_x_gradient(self.model, batch, tgt)
         probs = torch.softmax(logits, 1)
         predicted = probs.argmax(1)
         return [_Explained(shown=_resized(image, size), saliency=maps[i, 0].detach().cpu().numpy(),
                            target=int(tgt[i]), predicted=int(predicted[i]),
                            probability=float(probs[i, predicted[i]]), error=errors[i])
                 for i, image in enumerate(images)]
+
+    def model_facts(self) -> dict:
+        """What a report says about the explained model: whether FullGrad is exact for it, and the
+        completeness error above which a map is suspect (float32 rounding where exact, else the
+        family's measured approximation)."""
+        arch = self.spec.arch
+        return {"architecture": arch.name, "family": arch.family, "version": self.spec.version,
+                "fullgrad": "exact" if arch.fullgrad_exact else "approximate",
+                "fullgrad_warn_above": arch.fullgrad_warn_above}
 
     def _map_title(self, method: str, e: _Explained) -> str:
         name = self.spec.class_names[e.target]
@@ -233,22 +248,34 @@ class Explainer:
             "violation_id": violation.violation_id, "endpoint": violation.endpoint,
             "time": violation.time.isoformat(),  # the dashboard lists the latest first
             "check": violation.check.model_dump(), "method": self.method,
+            "model": self.model_facts(),
             "looks_away_count": sum(r["looks_away"] for r in rows),
             "samples": rows, "skipped": skipped,
         }
         self.store.put(report_key, json.dumps(report, indent=2).encode(), "application/json")
-        self.store.put(index_key, _index_html(violation, rows).encode(), "text/html")
+        self.store.put(index_key, _index_html(violation, rows, report["model"]).encode(), "text/html")
         return ExplanationEvent(violation_id=violation.violation_id, method=self.method,
                                 objects=written + [report_key, index_key], report=report_key)
 
 
-def _index_html(violation: ViolationEvent, rows: list[dict]) -> str:
+def _completeness(row: dict, model: dict) -> str:
+    error = row.get("completeness_rel_error")
+    if error is None:
+        return ""
+    how = "exact" if model["fullgrad"] == "exact" else "approximate"
+    suspect = " - above the architecture's bound" if error > model["fullgrad_warn_above"] else ""
+    return (f"; FullGrad completeness error {error:.1e} ({how} for {html.escape(model['architecture'])}"
+            f"{suspect})")
+
+
+def _index_html(violation: ViolationEvent, rows: list[dict], model: dict) -> str:
     figures = "\n".join(
         f'<figure><img src="{html.escape(r["key"].rsplit("/", 1)[1])}" alt="{html.escape(r["label"])}">'
         f"<figcaption>{html.escape(r['event_id'])}: class {r['predicted_class']} "
         f"({html.escape(r['label'])}), p={r['probability']:.2f}; "
         f"{r['outside_sign_share']:.0%} of the saliency outside the sign"
-        f"{' - the model looks away from the sign' if r['looks_away'] else ''}</figcaption></figure>"
+        f"{' - the model looks away from the sign' if r['looks_away'] else ''}"
+        f"{_completeness(r, model)}</figcaption></figure>"
         for r in rows
     )
     return (

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 
+import imagehash
 import numpy as np
 from PIL import Image
 
@@ -27,11 +28,17 @@ CONTENT_TYPES = {
 
 
 class ImageError(ValueError):
-    """The body is not an image we accept. ``status`` is the HTTP status to answer with."""
+    """The body is not an image we accept. ``status`` is the HTTP status to answer with;
+    ``reason`` the same for protocols that are not HTTP (the serving core speaks in reasons)."""
 
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
+
+    @property
+    def reason(self) -> str:
+        return {408: "body_timeout", 413: "payload_too_large", 415: "unsupported_media_type"}.get(
+            self.status, "bad_image")
 
 
 def sniff(data: bytes) -> str | None:
@@ -93,6 +100,17 @@ def check_request(data: bytes, content_type: str | None) -> str:
     return kind
 
 
+def check_size(width: int, height: int, max_side: int, max_pixels: int) -> None:
+    """Refuse an image by its dimensions, before its pixels are decoded or copied: empty (400),
+    over ``max_side`` a side or ``max_pixels`` in all (413). Every image path asks this one."""
+    if width < 1 or height < 1:
+        raise ImageError(f"image is {width}x{height}: empty")
+    if width > max_side or height > max_side:
+        raise ImageError(f"image is {width}x{height}; the limit is {max_side} px a side", 413)
+    if width * height > max_pixels:
+        raise ImageError(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}", 413)
+
+
 def decode_checked(data: bytes, kind: str, max_side: int = 4096, max_pixels: int = MAX_PIXELS,
                    max_batch: int = MAX_BATCH_IMAGES) -> tuple[list[np.ndarray], bool]:
     """Decode a body ``check_request`` classified as ``kind``: the CPU-heavy part."""
@@ -107,12 +125,7 @@ def _decode_pil(data: bytes, max_side: int, max_pixels: int) -> np.ndarray:
     # process-wide state, and decodes run in several threads at once.
     try:
         with Image.open(io.BytesIO(data)) as probe:
-            width, height = probe.size
-            if width > max_side or height > max_side:
-                raise ImageError(f"image is {width}x{height}; the limit is {max_side} px a side", 413)
-            if width * height > max_pixels:
-                raise ImageError(f"image is {width}x{height} = {width * height} pixels; "
-                                 f"the limit is {max_pixels}", 413)
+            check_size(*probe.size, max_side, max_pixels)
             probe.verify()  # checks the structure (CRC, truncation) without decoding pixels
         with Image.open(io.BytesIO(data)) as img:
             img.load()
@@ -147,11 +160,7 @@ def _npy_image(arr: np.ndarray, max_side: int, max_pixels: int) -> np.ndarray:
         arr = arr[..., None]
     if arr.ndim != 3 or arr.shape[-1] not in (1, 3):
         raise ImageError(f".npy array must be (H, W), (H, W, 3) or (3, H, W); got {arr.shape}")
-    if min(arr.shape[:2]) < 1:
-        raise ImageError(f"array is {arr.shape[1]}x{arr.shape[0]}: empty")
-    if max(arr.shape[:2]) > max_side or arr.shape[0] * arr.shape[1] > max_pixels:
-        raise ImageError(f"array is {arr.shape[1]}x{arr.shape[0]}; the limit is {max_side} px a side "
-                         f"and {max_pixels} pixels", 413)
+    check_size(arr.shape[1], arr.shape[0], max_side, max_pixels)
     if arr.dtype == np.uint8:
         out = arr
     elif np.issubdtype(arr.dtype, np.floating):
@@ -163,6 +172,25 @@ def _npy_image(arr: np.ndarray, max_side: int, max_pixels: int) -> np.ndarray:
     if out.shape[-1] == 1:
         out = np.repeat(out, 3, axis=-1)
     return np.ascontiguousarray(out)
+
+
+# Images larger than this a side are box-reduced (by a whole factor) to about it before hashing:
+# the hash looks at a 32x32 thumbnail anyway, and a 224-pixel image then costs half as much.
+HASH_SIDE = 64
+
+
+def perceptual_hash(image: np.ndarray) -> str:
+    """The decoded image's 64-bit perceptual hash as 16 hex digits: ``imagehash.phash`` (BSD), the
+    signs of the 8x8 lowest frequencies of the DCT of a 32x32 grey thumbnail against their median.
+    Frames of one sign as a passing car sends them stay within a few bits of the frames before
+    them, images of different signs lie far apart (docs/monitoring.md, "Correlated frames"): the
+    monitor counts near-duplicates as one observation (``monitoring.tracks``). Measured on the
+    2-core CPU: 141 us for a 64x64 image (its PNG decode: 233 us), 239 us at 224x224 (1,563 us)."""
+    picture = Image.fromarray(image).convert("L")
+    factor = min(picture.size) // HASH_SIDE
+    if factor > 1:
+        picture = picture.reduce(factor)
+    return str(imagehash.phash(picture))
 
 
 def encode_npy(image: np.ndarray) -> bytes:

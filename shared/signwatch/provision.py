@@ -14,7 +14,8 @@ from signwatch.runtime import open_ports
 
 
 def topics(settings: Settings) -> list[str]:
-    names = [settings.inference_topic, settings.violations_topic, settings.explanations_topic]
+    names = [settings.inference_topic, settings.violations_topic, settings.explanations_topic,
+             settings.baselines_topic]
     return names + [f"{t}.dlq" for t in names[:2]]
 
 

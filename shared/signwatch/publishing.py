@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "application/x-npy": "npy"}
 EVENT_OVERHEAD_BYTES = 2048  # an event's objects beside its bytes, for the buffer's byte count
 MAX_DELIVERY_ATTEMPTS = 5  # a bus that refuses a message this often (not an outage) fails it
+FULL_SHARE = 0.9  # ``full`` from here: readiness fails a little before events would be dropped
 
 
 def input_key(endpoint: str, time_: datetime, event_id: str, content_type: str) -> str:
@@ -167,6 +168,12 @@ class EventPublisher:
     @property
     def buffered(self) -> tuple[int, int]:
         return self._events, self._bytes
+
+    @property
+    def full(self) -> bool:
+        """The buffer is at ``FULL_SHARE`` of either bound: the events of new requests are about to
+        be dropped (the inference service is not ready meanwhile: traffic goes to other replicas)."""
+        return self._events >= FULL_SHARE * self.max_events or self._bytes >= FULL_SHARE * self.max_bytes
 
     # ---- background lanes
     def _take(self, lane: deque) -> _Item | None:

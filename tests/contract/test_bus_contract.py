@@ -97,3 +97,21 @@ def test_ensure_topics_is_idempotent_and_delivery_is_reported(bus, unique):
     wait_until(lambda: outcomes, 10, what="the delivery callback")
     assert outcomes == [None]
     assert bus.ping()
+
+
+def test_headers_come_back_as_bytes_in_order_and_a_message_without_has_none(bus, unique):
+    topic = f"contract-{unique}"
+    bus.ensure_topics([topic], partitions=1)
+    bus.publish(topic, "k", b"with", headers={"signwatch-dlq-reason": "top-1 probability 1e308 > 1",
+                                              "raw": b"\x00\xff", "empty": ""})
+    bus.publish(topic, "k", b"without")
+    bus.flush()
+    consumer = bus.consumer([topic], group=f"g-{unique}")
+    try:
+        with_, without = sorted(drain(consumer, 2), key=lambda m: m.offset)
+    finally:
+        consumer.close()
+    assert with_.headers == (("signwatch-dlq-reason", b"top-1 probability 1e308 > 1"), ("raw", b"\x00\xff"),
+                             ("empty", b""))
+    assert with_.header("raw") == b"\x00\xff" and with_.header("missing") is None
+    assert without.headers == () and without.value == b"without"

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 
-from signwatch.ports.state import Increment, Push
+from signwatch.ports.state import Increment, OutboxEntry, Push
 from tests.conftest import wait_until
 
 
@@ -58,3 +58,28 @@ def test_apply_many_is_apply_once_for_each_in_one_call(state, unique):
     assert state.get_counts([key]) == [{"n": 3}]
     assert state.get_list(f"t:{unique}:l") == ["2", "1", "0"]
     assert state.apply_many([]) == []
+
+
+def test_a_claim_writes_its_outbox_entry_and_lease_in_one_step(state, unique):
+    box, lease, old = f"t:{unique}:outbox", f"t:{unique}:lease", f"t:{unique}:old"
+    entry = OutboxEntry(box, "v1:open", '{"violation_id": "v1"}', 60, lease, 60)
+    assert state.set_value(old, "record", 60)
+    assert state.claim(f"t:{unique}:claim", "record", 60, entry, delete=(old,))
+    assert state.get_value(f"t:{unique}:claim") == "record" and state.get_value(old) is None
+    assert state.outbox(box) == {"v1:open": '{"violation_id": "v1"}'}
+    assert not state.set_once(lease, 60), "the claimer holds the entry's lease"
+    other = OutboxEntry(box, "v2:open", "{}", 60, f"t:{unique}:lease2", 60)
+    assert not state.claim(f"t:{unique}:claim", "again", 60, other), "a claim is taken once"
+    assert state.outbox(box) == {"v1:open": '{"violation_id": "v1"}'}, "a lost claim writes no entry"
+    assert state.set_once(f"t:{unique}:lease2", 60), "nor a lease"
+    state.outbox_done(box, "v1:open")
+    state.outbox_done(box, "v1:open")  # done twice: harmless
+    assert state.outbox(box) == {} and state.outbox(f"t:{unique}:none") == {}
+
+
+def test_an_outbox_lease_runs_out(state, unique):
+    lease = f"t:{unique}:lease"
+    entry = OutboxEntry(f"t:{unique}:outbox", "e", "x", 60, lease, 1)
+    assert state.claim(f"t:{unique}:claim", "1", 60, entry)
+    wait_until(lambda: state.set_once(lease, 60), timeout_s=5, interval_s=0.1, what="the lease to run out")
+    assert state.outbox(f"t:{unique}:outbox") == {"e": "x"}, "the entry stays until done"

@@ -33,10 +33,10 @@ from signwatch.explaining import original_key
 from signwatch.imaging import encode_png
 from signwatch.model import load_model
 from signwatch.model.core import to_unit_tensor
-from signwatch.stack import stack_env
 from signwatch_services.demo import DEMO_EPS, DEMO_STEPS
 from tests.conftest import PROJECT, running_service, stop_processes, wait_until
 from tests.e2e.test_loop_on_real_stack import _free_port
+from tests.integration.serving import endpoint_env
 
 pytestmark = pytest.mark.stack
 STOP = 14
@@ -79,13 +79,9 @@ def attack():
 def loop(stack, tmp_path_factory):
     run = uuid.uuid4().hex[:8]
     port = _free_port()
-    env = os.environ | stack_env(PROJECT) | {
-        "SIGNWATCH_PORT": str(port), "SIGNWATCH_ENDPOINT": f"dash-{run}",
-        "SIGNWATCH_INFERENCE_TOPIC": f"dash-{run}.inference",
-        "SIGNWATCH_VIOLATIONS_TOPIC": f"dash-{run}.violations",
-        "SIGNWATCH_EXPLANATIONS_TOPIC": f"dash-{run}.explanations",
-        "SIGNWATCH_CAPTURE_FLUSH_SECONDS": "1",
-    }
+    # 100 posts, of which the monitor folds look-alike frames of one sign seen within seconds
+    # (tracks): the drift tests judge from 40 counted predictions, not the default 100.
+    env = endpoint_env(f"dash-{run}", port, capture_flush_seconds=1, monitor_min_drift=40)
     log = tmp_path_factory.mktemp("dash") / "serve-all.log"
     base = f"http://127.0.0.1:{port}"
     with running_service(["serve", "all"], env, log, base):
@@ -223,7 +219,10 @@ def test_dashboard_shows_counts_then_the_violation_and_prometheus_answers_every_
     def drift_shown():  # the drift statistics of the attacked window, as numbers
         cells = browser.find_elements(By.CSS_SELECTOR, "#drift tr td:nth-child(2)")
         return any(re.fullmatch(r"[0-9.e+-]+", c.text) for c in cells)
-    wait_until(drift_shown, 30, 0.5, "the drift statistics on the page")
+    try:
+        wait_until(drift_shown, 30, 0.5, "the drift statistics on the page")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {browser.find_element(By.ID, 'drift').text!r}") from None
     text = browser.find_element(By.ID, "violations").text
     assert "Stop" in text, text
     assert browser.execute_script("return window.__notReloaded === true")

@@ -21,8 +21,7 @@ def test_invocations_are_served_while_explanations_compute(tmp_path):
     ports = open_ports(settings)
     core = build_core(settings, ports)
     app = create_app(core)
-    app.include_router(explain_router(build_explainer(settings, ports), settings.max_body_bytes,
-                                      settings.max_image_side))
+    app.include_router(explain_router(build_explainer(settings, ports), settings))
     body = png_bytes(size=64)
     with TestClient(app) as client:
         t0 = time.monotonic()

@@ -11,6 +11,7 @@ from pydantic import SecretStr
 
 from signwatch.config import Settings
 from signwatch.model import DEFAULT_WEIGHTS, load_model
+from signwatch.model.importing import ModelImportError
 from signwatch.model.remote import ModelFetchError, resolve_model_path
 
 pytestmark = pytest.mark.stack
@@ -50,17 +51,28 @@ def test_weights_come_from_s3_once_and_match_the_shipped_model(s3, unique, tmp_p
     assert resolve_model_path(settings) == path
 
 
-def test_swapped_weights_missing_manifest_and_bad_urls_are_refused(s3, unique, tmp_path):
+def test_bare_safetensors_are_imported_damaged_and_swapped_weights_and_bad_urls_are_refused(s3, unique, tmp_path):
     client, conf = s3
+    # No manifest beside it: a user's bare safetensors, imported at start (architecture inferred).
+    bare = f"models/{unique}/bare.safetensors"
+    client.put_object(Bucket=conf["bucket"], Key=bare, Body=DEFAULT_WEIGHTS.read_bytes())
+    imported = resolve_model_path(_settings(conf, bare, tmp_path / "bare"))
+    model, spec = load_model(imported)
+    assert spec.architecture == "resnet18" and spec.num_classes == load_model()[1].num_classes
+    # A damaged one is refused with the import's message, and nothing is cached.
+    damaged = f"models/{unique}/damaged.safetensors"
+    client.put_object(Bucket=conf["bucket"], Key=damaged, Body=DEFAULT_WEIGHTS.read_bytes()[:1000])
+    with pytest.raises(ModelImportError, match="damaged safetensors"):
+        resolve_model_path(_settings(conf, damaged, tmp_path / "damaged"))
+    assert not list((tmp_path / "damaged").rglob("*.safetensors"))
+    # With signwatch's manifest beside them, weights that are not the ones it names are refused.
     key = f"models/{unique}/w.safetensors"
     client.put_object(Bucket=conf["bucket"], Key=key, Body=DEFAULT_WEIGHTS.read_bytes()[:-10] + b"0" * 10)
-    with pytest.raises(FileNotFoundError, match="manifest"):
-        resolve_model_path(_settings(conf, key, tmp_path))
     client.put_object(Bucket=conf["bucket"], Key=f"models/{unique}/w.json",
                       Body=DEFAULT_WEIGHTS.with_suffix(".json").read_bytes())
     with pytest.raises(ValueError, match="sha256"):
-        resolve_model_path(_settings(conf, key, tmp_path))
-    assert not list(tmp_path.rglob("*.safetensors")), "nothing unverified is left in the cache"
-    with pytest.raises(ModelFetchError):
+        resolve_model_path(_settings(conf, key, tmp_path / "swapped"))
+    assert not list((tmp_path / "swapped").rglob("*.safetensors")), "nothing unverified is left in the cache"
+    with pytest.raises((ModelFetchError, ModelImportError), match="needs a bucket and a key"):
         resolve_model_path(_settings(conf, "", tmp_path))
     assert resolve_model_path(Settings(model_path=None)) is None

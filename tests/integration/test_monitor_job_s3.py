@@ -11,6 +11,7 @@ import sys
 import boto3
 import pytest
 
+from signwatch.model.core import DEFAULT_WEIGHTS
 from tests.conftest import PROJECT
 from tests.schemas import validate
 from tests.unit.test_monitoring_cli import _capture
@@ -33,7 +34,8 @@ def test_the_job_reads_s3_and_writes_its_run_folder_there(stack, unique):
     prefix = f"jobtest-{unique}/datacapture"
     _capture(_S3Store(s3, conf["bucket"]), prefix, stop_share=0.8)
     env = os.environ | {"SIGNWATCH_S3_ACCESS_KEY": conf["access_key"], "SIGNWATCH_S3_SECRET_KEY": conf["secret_key"],
-                        "SIGNWATCH_ENDPOINT": f"job-{unique}"}
+                        "SIGNWATCH_ENDPOINT": f"job-{unique}",
+                        "SIGNWATCH_MODEL_PATH": str(DEFAULT_WEIGHTS)}  # the class names from its manifest
     out = f"jobtest-{unique}/monitoring"
     done = subprocess.run(
         [sys.executable, "-m", "signwatch_services.cli", "monitor", "job",

@@ -12,6 +12,7 @@ import redis
 from kafka import KafkaConsumer, TopicPartition
 
 from signwatch.config import Settings
+from signwatch.model.core import load_spec
 from signwatch.ports import open_bus
 from signwatch.runtime import open_ports
 from signwatch_services.monitor.server import build_loop
@@ -48,7 +49,7 @@ def test_monitor_survives_redis_going_away_and_coming_back(stack, unique, tmp_pa
     bus.flush()
 
     ports = open_ports(settings)
-    loop = build_loop(settings, ports=ports)  # loads the baseline, marks the windows alive
+    loop = build_loop(settings, load_spec(), ports=ports)  # loads the baseline, marks the windows alive
     server.stop()
     attempts = []
     process = loop.handler.process

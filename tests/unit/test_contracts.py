@@ -36,7 +36,12 @@ def _event_samples():
                                                       "count": 1, "total": 2, "window_seconds": 60})
     explanation = events.ExplanationEvent(violation_id=violation.violation_id, method="fullgrad",
                                           objects=["k"], report="k")
-    return {"inference": inference, "violations": violation, "explanations": explanation}
+    baseline = events.BaselineEvent(endpoint="e", variant="v", num_classes=7, baseline_id="0123456789abcdef",
+                                    item_count=1000, learned_from=events.utc_now(), learned_to=events.utc_now(),
+                                    statistics="baselines/e/statistics.json",
+                                    constraints="baselines/e/constraints.json",
+                                    previous="shipped")
+    return {"inference": inference, "violations": violation, "explanations": explanation, "baselines": baseline}
 
 
 def test_real_events_validate_against_the_documented_schemas_and_broken_ones_do_not():

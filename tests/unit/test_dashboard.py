@@ -18,7 +18,7 @@ SNAPSHOT = {
     "baseline": {"class_shares": {"14": 0.02, "1": 0.05, "2": 0.05}, "low_confidence_share": 0.05},
     "drift": {"chi2": {"statistic": 812.5, "p_value": 1e-9}, "linf": {"statistic": 0.73}},
     "estimated_accuracy": 0.41,
-    "episodes": [{"check": "over_prediction", "feature": "PredictedClass", "state": "open",
+    "incidents": [{"group": "model", "check": "over_prediction", "checks": ["over_prediction"], "state": "open",
                   "violation_id": "v1", "since": "2026-12-01T19:59:00+00:00"}],
 }
 
@@ -40,7 +40,7 @@ def test_snapshot_summary_puts_live_shares_beside_the_baseline():
     assert by_id[14] == {"class_id": 14, "label": "Stop", "count": 30, "share": 0.75, "baseline_share": 0.02}
     assert by_id[2]["count"] == 0 and by_id[2]["baseline_share"] == 0.05
     assert s["drift"]["chi2"] == {"statistic": 812.5, "p_value": 1e-9}
-    assert s["total"] == 40 and s["low_confidence_share"] == 0.1 and s["episodes"][0]["state"] == "open"
+    assert s["total"] == 40 and s["low_confidence_share"] == 0.1 and s["incidents"][0]["state"] == "open"
 
 
 def test_a_missing_or_partial_snapshot_still_gives_a_document():
@@ -69,7 +69,8 @@ def test_reader_and_routes_show_this_endpoints_violations_newest_first(tmp_path)
     png = client.get("/dashboard/panel", params={"key": key})
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"
     for bad in ("explanations/new/report.json", "datacapture/x.png", "explanations/../secret.png",
-                "explanations/none/missing.png"):
+                "explanations/none/missing.png", "explanations//x.png", "explanations/./x.png", "/explanations/x.png",
+                "explanations/x\\y.png", "explanations/x\x00.png", "explanations/" + "a" * 600 + ".png", ""):
         r = client.get("/dashboard/panel", params={"key": bad})
         assert r.status_code == 404 and r.json()["error"]["message"], bad
     _report(store, "newest", "ep", "2026-12-01T20:30:00+00:00")  # a later poll sees it

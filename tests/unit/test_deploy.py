@@ -206,12 +206,40 @@ def test_dev_brings_its_own_servers_and_a_job_that_creates_bucket_and_topics():
     [cm] = [c for c in of_kind(docs, "ConfigMap") if c["metadata"]["name"].startswith("signwatch-config")]
     settings = Settings(**{k.removeprefix("SIGNWATCH_").lower(): v for k, v in cm["data"].items()
                            if k.startswith("SIGNWATCH_")})
-    for url, service in ((settings.bus_url, "kafka"), (settings.state_url, "redis"), (settings.store_url, "s3")):
+    for url, service in ((settings.bus_url, "kafka"), (settings.store_url, "s3")):
         host_port = url.split("://", 1)[1].split("/")[0] if service != "s3" else url.split("endpoint=http://")[1]
         host, port = host_port.split(":")
         assert host == service and int(port) in [p["port"] for p in services[service]["spec"]["ports"]], url
+    assert 6379 in [p["port"] for p in services["redis"]["spec"]["ports"]]
     [job] = of_kind(docs, "Job")
     assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["python", "-m", "signwatch.provision"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_secrets_come_from_secrets_and_only_the_s3_gateway_is_a_door(overlay):
+    """The Redis URL (and so its password) is a Secret's, never a ConfigMap value; dev's Redis asks
+    for that password; dev's SeaweedFS keeps master, volume and filer on the pod's loopback."""
+    docs = render(overlay)
+    for cm in of_kind(docs, "ConfigMap"):
+        assert "SIGNWATCH_STATE_URL" not in cm.get("data", {}), cm["metadata"]["name"]
+        for key, value in cm.get("data", {}).items():
+            assert "@" not in value.split("?")[0], f"{key}: credentials in a URL of a ConfigMap"
+    workloads = [*signwatch_deployments(docs).values(), *of_kind(docs, "Job")]
+    for workload in workloads:
+        [container] = workload["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e for e in container.get("env", [])}
+        assert env["SIGNWATCH_STATE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "signwatch-state", "key": "url"}
+    if overlay != "overlays/dev":
+        return
+    sets = {s["metadata"]["name"]: s for s in of_kind(docs, "StatefulSet")}
+    [redis] = sets["redis"]["spec"]["template"]["spec"]["containers"]
+    assert "--requirepass" in " ".join(redis["args"])
+    assert {e["name"]: e for e in redis["env"]}["REDISCLI_AUTH"]["valueFrom"]["secretKeyRef"]["name"] == "signwatch-state"
+    [weed] = sets["s3"]["spec"]["template"]["spec"]["containers"]
+    script = " ".join(weed["args"])
+    assert "-ip.bind=127.0.0.1" in script and "-s3.ip.bind=0.0.0.0" in script and "security.toml" in script
+    [policy] = [n for n in of_kind(docs, "NetworkPolicy") if n["metadata"]["name"] == "s3"]
+    assert [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]] == [8333]
 
 
 def test_the_provisioning_job_creates_topics_and_bucket(tmp_path):

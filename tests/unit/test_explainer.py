@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from signwatch.config import Settings
 from signwatch.events import ViolationCheck, ViolationEvent, ViolationSample
 from signwatch.explaining import Explainer, original_key, outside_share, sign_mask
 from signwatch.imaging import encode_png
@@ -94,7 +95,8 @@ def test_sign_mask_and_looks_away_share():
 def test_post_explain_answers_json_or_png_and_rejects_bad_images(tmp_path, model_and_spec):
     model, spec = model_and_spec
     app = FastAPI()
-    app.include_router(explain_router(Explainer(model, spec, FileStore(tmp_path)), 1 << 20, 1024))
+    app.include_router(explain_router(Explainer(model, spec, FileStore(tmp_path)),
+                                      Settings(max_body_bytes=1 << 20, max_image_side=1024)))
     client = TestClient(app)
     body = encode_png(_image(5))
     r = client.post("/explain?method=fullgrad", content=body, headers={"content-type": "image/png"})

@@ -71,6 +71,8 @@ def test_bad_requests_get_a_json_4xx_and_publish_nothing(app_and_ports, body, ct
     r = client.post("/invocations", content=body, headers={"content-type": ctype})
     assert r.status_code == status
     assert set(r.json()["error"]) == {"code", "message"}
+    # a body refused as too large may not have been read to its end: the connection is not kept
+    assert (r.headers.get("connection") == "close") == (status == 413)
     core.publisher.drain()
     assert _events(ports) == []
 
@@ -124,10 +126,38 @@ def test_a_bus_outage_never_fails_a_request_and_the_event_waits_then_flows(tmp_p
         text = client.get("/metrics").text
         assert "signwatch_events_buffered 1.0" in text
         assert 'signwatch_events_total{outcome="failed"} 0.0' in text
-        assert client.get("/health/ready").status_code == 503
+        ready = client.get("/health/ready")  # it answers: ready; the broker shows in the body and metrics
+        assert ready.status_code == 200, ready.json()
+        assert ready.json()["dependencies"] == {"bus": False, "store": True}
+        assert 'signwatch_dependency_up{dependency="bus"} 0.0' in client.get("/metrics").text
+        assert client.get("/v2/health/ready").status_code == 200 and client.get("/ping").status_code == 200
         bus.down = False
         assert core.publisher.drain(10)
         assert bus.published == [r.headers["X-Signwatch-Event-Id"]]
         text = client.get("/metrics").text
         assert 'signwatch_events_total{outcome="published"} 1.0' in text and "signwatch_events_buffered 0.0" in text
+        assert client.get("/health/ready").json()["dependencies"]["bus"] is True
+        assert 'signwatch_dependency_up{dependency="bus"} 1.0' in client.get("/metrics").text
+    core.close()
+
+
+def test_not_ready_while_the_event_buffer_is_full_and_ready_again_once_it_drains(tmp_path):
+    from signwatch.ports.state_memory import MemoryState
+    from signwatch.ports.store_file import FileStore
+    from signwatch.runtime import Ports
+
+    bus = FlakyBus()
+    settings = Settings(store_url=tmp_path.as_uri(), event_buffer_events=2)
+    core = build_core(settings, Ports(bus, FileStore(tmp_path), MemoryState()))
+    core.publisher.backoff_s = core.publisher.max_backoff_s = 0.02
+    with TestClient(create_app(core)) as client:
+        for _ in range(2):
+            assert client.post("/invocations", content=png_bytes(), headers={"content-type": "image/png"}).status_code == 200
+        for path in ("/health/ready", "/v2/health/ready", "/ping"):
+            assert client.get(path).status_code == 503, path
+        assert client.get("/health/ready").json()["checks"]["event_buffer"] is False
+        bus.down = False
+        assert core.publisher.drain(10)
+        for path in ("/health/ready", "/v2/health/ready", "/ping"):
+            assert client.get(path).status_code == 200, path
     core.close()

@@ -7,6 +7,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from signwatch.config import Settings
 from signwatch.events import ViolationEvent
+from signwatch.model.core import load_spec
+from signwatch.model.published import publish_manifest
 from signwatch.runtime import open_ports
 from signwatch_services.monitor.server import build_loop
 from tests.unit.helpers import inference_event
@@ -17,6 +19,7 @@ def test_violations_reach_the_bus_and_the_metrics_count_them(tmp_path, unique):
                         endpoint="ep")
     ports = open_ports(settings)
     registry = CollectorRegistry()
+    publish_manifest(ports.store, "ep", load_spec())  # what the inference service does at start
     loop = build_loop(settings, ports=ports, registry=registry)
     for _ in range(120):
         e = inference_event(class_id=14, probability=0.999)
@@ -37,3 +40,45 @@ def test_violations_reach_the_bus_and_the_metrics_count_them(tmp_path, unique):
     dead = ports.bus.consumer([f"{settings.inference_topic}.dlq"], "inspect").poll(timeout_ms=100)
     assert [m.value for m in dead] == [b"not an event"]
     assert loop.handler.monitor.windows.time_window(over[0].time.timestamp() + 1).unreadable == 1
+
+
+def test_a_claim_whose_claimer_died_is_published_once_by_another_replicas_sweep(tmp_path, unique):
+    from datetime import datetime, timezone
+
+    from signwatch.monitoring import Monitor, MonitorConfig
+    from signwatch.ports import open_bus
+    from signwatch.ports.state_memory import MemoryState
+    from signwatch.ports.store_file import FileStore
+    from signwatch_services.monitor.metrics import MonitorMetrics
+    from signwatch_services.monitor.server import MonitorHandler
+
+    clock = [1_800_000_000.0]
+    state = MemoryState(clock=lambda: clock[0])
+    config = MonitorConfig(endpoint="ep", outbox_grace_s=15)
+    names = load_spec().class_names
+    dead = Monitor(state, FileStore(tmp_path), config, names, clock=lambda: clock[0])
+    claimed = []
+    for i in range(120):  # the claimer counts, claims, and dies before publishing anything
+        t = datetime.fromtimestamp(clock[0] + i, timezone.utc)  # its clock stands still: the leases hold
+        claimed += dead.observe(inference_event(class_id=14, probability=0.999, time=t))
+    assert any(v.check_name == "over_prediction" for v in claimed)
+    bus, registry = open_bus(f"memory://outbox-{unique}"), CollectorRegistry()
+    alive = MonitorHandler(monitor=Monitor(state, FileStore(tmp_path), config, names, clock=lambda: clock[0]),
+                           bus=bus, topic="violations", metrics=MonitorMetrics(registry, "ep"), sweep_every_s=0)
+
+    def on_topic():
+        return [ViolationEvent.model_validate_json(m.value)
+                for m in bus.consumer(["violations"], f"inspect-{len(claimed)}-{clock[0]}").poll(timeout_ms=100)]
+
+    alive.sweep()
+    assert on_topic() == [], "the claimer's lease still holds: it may yet publish"
+    clock[0] += 16
+    alive.sweep()
+    alive.sweep()  # a second sweep finds nothing left
+    published = on_topic()
+    assert sorted(v.violation_id for v in published) == sorted(v.violation_id for v in claimed), "each once"
+    by_id = {v.violation_id: v for v in claimed}
+    assert all(v == by_id[v.violation_id] for v in published), "the very violations claimed"
+    text = generate_latest(registry).decode()
+    assert f'signwatch_monitor_outbox_republished_total{{endpoint="ep"}} {float(len(claimed))}' in text
+    assert state.outbox(dead.incidents.outbox.key) == {}

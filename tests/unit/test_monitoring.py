@@ -18,7 +18,9 @@ from signwatch.events import MAX_VIOLATION_BYTES, InferenceOutput, Prediction, V
 from signwatch.model import ModelSpec
 from signwatch.monitoring import Monitor, MonitorConfig, read_snapshot
 from signwatch.monitoring import baseline as bl
-from signwatch.monitoring.checks import alpha_per_test, ks_p_value, run_checks
+from signwatch.monitoring import registry
+from signwatch.monitoring.checks import ks_p_value
+from signwatch.monitoring.registry import run_checks
 from signwatch.monitoring.features import EDGES, N_BINS, bin_of, features_of
 from signwatch.monitoring.job import batch_counts, keys_in_range, run_job
 from signwatch.ports.state_memory import MemoryState
@@ -47,8 +49,10 @@ def _event(clock: Clock, class_id: int, p: float, p2: float | None = None, endpo
 
 
 def _monitor(tmp_path, clock, **kw):
+    """A monitor judging with the shipped baseline, class shares included: these streams are drawn
+    from it (on real traffic it would learn its own: tests/unit/test_learning.py)."""
     state = MemoryState(clock=clock)
-    config = MonitorConfig(endpoint="ep", **kw)
+    config = MonitorConfig(endpoint="ep", **{"shipped_class_checks": True, "learn_baseline_s": 0} | kw)
     return Monitor(state, FileStore(tmp_path), config, NAMES, clock=clock), state
 
 
@@ -69,28 +73,36 @@ def test_features_take_the_top_three_and_the_margin():
 
 
 def test_the_shipped_baseline_loads_and_round_trips_through_suggest():
-    b = bl.load(*bl.shipped_files())
+    b = bl.load(*bl.shipped_files(), n_classes=len(NAMES))
     assert b.item_count >= 4000 and b.class_counts.sum() == b.item_count
     assert 0 < b.low_confidence_share < 0.02 and b.accuracy > 0.95 and b.atc_bin is not None
     assert b.thresholds.over_prediction_share == 0.5
     rng = np.random.default_rng(1)
     feats = [features_of([{"class_id": int(c), "probability": 0.99}]) for c in rng.integers(0, 43, 300)]
     stats, cons = bl.suggest(feats, 43)
-    again = bl.load(stats, cons)
+    again = bl.load(stats, cons, 43)
     assert again.item_count == 300 and again.confidence_counts.sum() == 300
-    assert bl.load(stats, cons, overrides={"over_prediction_share": 0.3}).thresholds.over_prediction_share == 0.3
+    assert bl.load(stats, cons, 43, overrides={"over_prediction_share": 0.3}).thresholds.over_prediction_share == 0.3
     with pytest.raises(ValueError, match="not a usable baseline"):
-        bl.load({"dataset": {}}, cons)
+        bl.load({"dataset": {}}, cons, 43)
 
 
 def test_alpha_spends_the_daily_budget_over_every_test_of_a_day():
-    assert alpha_per_test(0.01, 1.0) == pytest.approx(0.01 / (10 * 86_400))
+    """Each check's share of the budget, renormalised over the checks that run, spread over a
+    day's tests: the window checks alone (five tests on two windows each second), or beside the
+    sequential checks (which take the larger part)."""
+    day = 2 * 86_400
+    assert registry.alpha_for("ks_margin", 0.01, day, ("window",)) == pytest.approx(0.01 / (10 * 86_400))
+    both = ("window", "sequential")
+    assert registry.alpha_for("ks_margin", 0.01, day, both) == pytest.approx(0.01 * 0.04 / day)
+    budgeted = [k for k in registry.CHECKS if k.budget_share]
+    assert sum(registry.alpha_for(k.name, 0.01, 1, both) for k in budgeted) == pytest.approx(0.01)
     assert ks_p_value(0.0, 300, 4000) == pytest.approx(1.0)
     assert ks_p_value(0.3, 300, 4000) < 1e-18
 
 
 def test_over_prediction_names_the_class_as_the_reference_job_did():
-    b = bl.load(*bl.shipped_files())
+    b = bl.load(*bl.shipped_files(), n_classes=len(NAMES))
     feats = [features_of([{"class_id": 14, "probability": 0.99}])] * 322 + \
             [features_of([{"class_id": 9, "probability": 0.99}])] * 78
     results = {r.name: r for r in run_checks(batch_counts(feats, 43), b, 1e-8, NAMES)}
@@ -119,13 +131,32 @@ def test_a_clean_stream_raises_nothing_and_an_attack_is_flagged_in_seconds(tmp_p
         if out and first is None:
             first = clock.t - shift
     assert first is not None and first <= 30, first
-    over = [v for v in raised if v.check_name == "over_prediction"]
-    assert len(over) == 1 and over[0].class_id == 14, "one violation per episode"
-    assert over[0].schema_ == "signwatch.violation/v2" and over[0].baseline_id == monitor.baseline.baseline_id
+    [incident] = raised
+    assert incident.class_id == 14 and incident.check_name in incident.checks, "one violation per incident"
+    assert incident.schema_ == "signwatch.violation/v3" and incident.baseline_id == monitor.baseline.baseline_id
     snap = read_snapshot(state, "ep")
     assert snap["window"]["class_counts"]["14"] > 100 and snap["baseline_id"] == monitor.baseline.baseline_id
-    assert {e["check"] for e in snap["episodes"] if e["state"] == "open"} >= {"over_prediction"}
-    assert set(snap["drift"]) == {"chi2", "linf", "ks_confidence", "ks_margin"}
+    [open_] = [e for e in snap["incidents"] if e["state"] == "open"]
+    assert "over_prediction" in open_["checks"] and open_["violation_id"] == incident.violation_id
+    assert set(snap["drift"]) <= {k.name for k in registry.CHECKS if k.kind == "window"} and snap["drift"]
+
+
+def test_a_window_too_small_for_the_drift_tests_says_so_in_the_snapshot(tmp_path):
+    clock = Clock()
+    monitor, _ = _monitor(tmp_path, clock)
+    rng = np.random.default_rng(5)
+    for _ in range(30):  # fewer than the 100 the drift tests need
+        clock.t += 1
+        monitor.observe(_event(clock, *_clean_draw(rng, monitor.baseline)))
+    drift = monitor.snapshot(clock.t)["drift"]
+    assert drift and all(d == {"statistic": None, "p_value": None, "n": 30, "judged": False}
+                         for d in drift.values()), drift
+    for _ in range(100):
+        clock.t += 1
+        monitor.observe(_event(clock, *_clean_draw(rng, monitor.baseline)))
+    drift = monitor.snapshot(clock.t)["drift"]
+    assert all(d["n"] == 130 and d["judged"] == (d["statistic"] is not None) for d in drift.values()), drift
+    assert drift["ks_confidence"]["judged"], "130 predictions are enough for the KS test"
 
 
 def test_lower_confidence_is_a_drift_violation_and_the_episode_resolves_then_raises_again(tmp_path):
@@ -140,8 +171,9 @@ def test_lower_confidence_is_a_drift_violation_and_the_episode_resolves_then_rai
         clock.t += 1
         c, p = _clean_draw(rng, monitor.baseline)
         raised += monitor.observe(_event(clock, c, float(rng.uniform(0.3, 0.9)) if rng.random() < 0.5 else p))
-    checks = {v.check_name for v in raised}
-    assert checks & {"ks_confidence", "low_confidence", "ks_margin"}, checks
+    [incident] = raised  # one incident, however many checks the snow trips
+    confidence_checks = {k.name for k in registry.CHECKS if k.feature in ("Confidence", "Margin")}
+    assert set(incident.checks) <= confidence_checks, incident.checks
     for _ in range(900):  # clean again: windows clear, then 60 s of passing resolves
         clock.t += 1
         raised += monitor.observe(_event(clock, *_clean_draw(rng, monitor.baseline)))
@@ -151,10 +183,10 @@ def test_lower_confidence_is_a_drift_violation_and_the_episode_resolves_then_rai
     for _ in range(120):
         clock.t += 1
         again += monitor.observe(_event(clock, 14, 0.999))
-    assert [v for v in again if v.check_name == "class_drift_linf"], "a later episode raises again"
+    assert [v for v in again if v.state == "open" and v.class_id == 14], "a later incident raises again"
 
 
-def test_two_replicas_on_one_state_raise_one_violation_per_episode(tmp_path):
+def test_two_replicas_on_one_state_raise_one_violation_per_incident(tmp_path):
     clock = Clock()
     state = MemoryState(clock=clock)
     config = MonitorConfig(endpoint="ep")
@@ -164,8 +196,8 @@ def test_two_replicas_on_one_state_raise_one_violation_per_episode(tmp_path):
     for i in range(300):
         clock.t += 0.5
         raised += (a if i % 2 else b).observe(_event(clock, 14, 0.999))
-    names = [v.check_name for v in raised if v.state == "open"]
-    assert len(names) == len(set(names)) and "over_prediction" in names
+    [incident] = [v for v in raised if v.state == "open"]
+    assert incident.class_id == 14
 
 
 def test_violations_carry_references_never_payloads_and_stay_small(tmp_path):
@@ -181,12 +213,13 @@ def test_violations_carry_references_never_payloads_and_stay_small(tmp_path):
         clock.t += 1
         e = _event(clock, 14, 0.999).model_copy(update={"input": make_input_payload(big, "image/png")})
         raised += monitor.observe(e)
-    v = next(v for v in raised if v.check_name == "over_prediction")
+    [v] = raised  # one incident
     assert v.samples and len(v.to_bytes()) <= MAX_VIOLATION_BYTES
     assert all(store.get(s.ref) == big and s.size == len(big) for s in v.samples)
     assert "data" not in json.loads(v.to_bytes())["samples"][0]
-    report = json.loads(store.get(v.report))
-    assert report == {"violations": [v.check.model_dump()]}
+    report = json.loads(store.get(v.report))  # SageMaker's shape: every check failing in the incident
+    assert v.check.description.startswith(report["violations"][0]["description"])
+    assert len(report["violations"]) == len(v.checks)
     assert ViolationEvent.model_validate_json(v.to_bytes()) == v
 
 
@@ -218,12 +251,12 @@ def test_the_batch_job_checks_captured_records_in_its_time_range():
     clock = Clock()
     lines = [json.dumps(capture_record(_event(clock, 14 if i < 300 else 1, 0.99), b"x")) for i in range(400)]
     files = [("\n".join(lines) + "\nbroken\n").encode()]
-    result = run_job(files, bl.load(*bl.shipped_files()), NAMES)
+    result = run_job(files, bl.load(*bl.shipped_files(), n_classes=len(NAMES)), NAMES)
     assert result.total == 400 and result.unreadable == 1 and result.predicted_classes == {1: 100, 14: 300}
     assert "Class 14 (Stop) predicted 75.00%" in result.violations[0]["description"]
     assert result.statistics["dataset"]["item_count"] == 400
     later = datetime.fromtimestamp(T0, timezone.utc) + timedelta(hours=1)
-    assert run_job(files, bl.load(*bl.shipped_files()), NAMES, start=later).total == 0
+    assert run_job(files, bl.load(*bl.shipped_files(), n_classes=len(NAMES)), NAMES, start=later).total == 0
     keys = ["d/ep/AllTraffic/2026/12/01/10/a.jsonl", "d/ep/AllTraffic/2026/12/01/12/b.jsonl", "d/x.txt"]
     t = datetime(2026, 12, 1, 10, 30, tzinfo=timezone.utc)
     assert keys_in_range(keys, t, t + timedelta(hours=1)) == keys[:1]

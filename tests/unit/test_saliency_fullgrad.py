@@ -282,3 +282,21 @@ def test_works_from_inference_mode_and_without_check(resnet18):
     torch.testing.assert_close(unchecked.maps, result.maps)
     norm = result.normalized_maps()
     assert float(norm.amin()) >= 0 and abs(float(norm.flatten(1).amax(1).min()) - 1) < 1e-4
+
+
+def test_a_logit_near_zero_is_judged_by_the_absolute_error(resnet18, caplog):
+    """A winning logit of about zero (adversarial signs on untrained heads) makes |s - sum| / |s|
+    rounding noise over a tiny number: the error is absolute under one logit unit, and no warning."""
+    from signwatch.saliency.fullgrad import completeness_error
+
+    torch.manual_seed(0)
+    image = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        resnet18.fc.bias -= resnet18.eval()(image).max() - 1e-4  # the winner's logit is now about 1e-4
+    with caplog.at_level(logging.WARNING, logger="signwatch.saliency.fullgrad"):
+        result = fullgrad(resnet18, image)
+    assert result.scores.abs().max() < 1e-3
+    assert result.max_completeness_error < 1e-4  # relative to |s| it was 1e-3 to 1e-2
+    assert "completeness violated" not in caplog.text
+    s, total = torch.tensor([1e-3, 4.0], dtype=torch.float64), torch.tensor([2e-3, 3.0], dtype=torch.float64)
+    assert completeness_error(s, total).tolist() == pytest.approx([1e-3, 0.25])

@@ -1,10 +1,12 @@
 """``signwatch attack``: craft targeted adversarial images and write them with their figures.
 
-    signwatch attack --method pgd --target 14 --eps 0.0314 --steps 10 --count 64 --out attacks/pgd
+    signwatch attack --method pgd --target Stop --eps 0.0314 --steps 10 --count 64 --out attacks/pgd
 
 By default it renders a fresh test set (split "test", ``--seed``); ``--images`` takes a folder of
 PNG/JPEG/PPM files, a GTSRB folder layout (labels from its CSVs), or a ``.npy`` array
-(N, H, W, 3) uint8 (labels from a ``labels.json`` beside it, as this command writes).
+(N, H, W, 3) uint8 (labels from a ``labels.json`` beside it, as this command writes). ``--target``
+names the class by id or by a label of the model (``--weights``: any signwatch safetensors with its
+manifest, imported models too); without it, the class labelled "Stop".
 """
 
 from __future__ import annotations
@@ -130,7 +132,8 @@ def load_inputs(images: Path | None, count: int | None, seed: int, size: int,
 
 _HELP = {
     "method": "pgd (L-inf, iterative), fgsm (one step) or deepfool (minimal L2).",
-    "target": "Class id the images should be taken for (14 = Stop).",
+    "target": "Class the images should be taken for: an id (14) or a label of the model (Stop, \"class_3\"); "
+              "default: the class labelled Stop, where the model has one.",
     "eps": "L-inf budget in [0, 1] pixel units (8/255 = 0.0314); not used by deepfool.",
     "steps": "Iterations (default: pgd 10, deepfool 50; fgsm is one step).",
     "step": "PGD step size (default 2.5 * eps / steps).",
@@ -139,7 +142,8 @@ _HELP = {
     "seed": "Seed (>= 0) of the rendered test set and of PGD's random start.",
     "out": "Folder for the images, adversarial.npy, labels.json, report.json.",
     "images": "Folder of PNG/JPEG/PPM images (or a GTSRB layout) or a .npy array, instead of rendering.",
-    "weights": "Model weights (default: the shipped model).",
+    "weights": "Model weights: a signwatch safetensors file with its manifest, imported models too "
+               "(default: the shipped model).",
     "batch_size": "Images per batch.",
     "device": "cpu or cuda (default: cpu).",
     "no_png": "Write only adversarial.npy, labels.json and report.json.",
@@ -151,7 +155,7 @@ _HELP = {
 @attack_app.callback(invoke_without_command=True)
 def attack(
     method: Annotated[str, typer.Option(help=_HELP["method"])] = "pgd",
-    target: Annotated[int, typer.Option(help=_HELP["target"])] = 14,
+    target: Annotated[Optional[str], typer.Option(help=_HELP["target"], show_default=False)] = None,
     eps: Annotated[float, typer.Option(help=_HELP["eps"])] = 8 / 255,
     steps: Annotated[Optional[int], typer.Option(help=_HELP["steps"])] = None,
     step: Annotated[Optional[float], typer.Option(help=_HELP["step"])] = None,
@@ -170,7 +174,10 @@ def attack(
     """Attack COUNT test images towards TARGET and write the results to OUT."""
     from signwatch.attacks.methods import check_eps, run_attack
     from signwatch.attacks.report import AttackReport, save_attack
+    from signwatch.attacks.targets import UnknownTarget, resolve_target
+    from signwatch.data.classes import CLASS_NAMES
     from signwatch.model import load_model
+    from signwatch.model.core import load_spec
 
     if method not in METHODS:
         raise _fail(f"--method must be one of {', '.join(METHODS)}; got {method!r}")
@@ -180,8 +187,6 @@ def attack(
             raise _fail(f"{name} must be at least {low}; got {value}")
     if not overshoot >= 0:
         raise _fail(f"--overshoot must be non-negative; got {overshoot}")
-    if not 0 <= target <= 42:
-        raise _fail(f"--target must be a class id in 0..42; got {target}")
     if method != "deepfool":
         try:
             check_eps(eps)
@@ -191,23 +196,31 @@ def attack(
         raise _fail(f"--step must be positive; got {step}")
     if out.exists() and not out.is_dir():
         raise _fail(f"--out {out} exists and is not a folder")
+    if weights is not None and not weights.is_file():
+        raise _fail(f"cannot load the model: model weights not found: {weights}")
+    try:  # the manifest first: a wrong --target is refused before the weights are read
+        target_id = resolve_target(load_spec(weights), target)
+    except UnknownTarget as exc:
+        raise _fail(f"--target: {exc}") from None
+    except (FileNotFoundError, ValueError) as exc:
+        raise _fail(f"cannot load the model: {exc}") from None
     try:
         model, spec = load_model(weights, device=device or "cpu")
     except (FileNotFoundError, ValueError, RuntimeError, AssertionError) as exc:  # CUDA missing: AssertionError
         raise _fail(f"cannot load the model: {exc}") from None
-    if target >= spec.num_classes:
-        raise _fail(f"--target must be a class id in 0..{spec.num_classes - 1}; got {target}")
     try:
         clean, labels, source = load_inputs(images, count, seed, spec.input_size)
     except AttackInputError as exc:
         raise _fail(str(exc)) from None
+    if images is None and spec.class_names != CLASS_NAMES:
+        labels = None  # rendered signs carry GTSRB class ids, which are not this model's classes
     dev = next(model.parameters()).device
     clean = clean.to(dev)
     used_steps = 1 if method == "fgsm" else (DEFAULT_STEPS[method] if steps is None else steps)
-    result = run_attack(method, model, spec, clean, target=target, eps=eps, steps=used_steps, step=step,
+    result = run_attack(method, model, spec, clean, target=target_id, eps=eps, steps=used_steps, step=step,
                         seed=seed, overshoot=overshoot, batch_size=batch_size, quantize_result=True,
                         progress=not quiet)
-    report = AttackReport.measure(model, spec, clean, result.adversarial, labels, target, method,
+    report = AttackReport.measure(model, spec, clean, result.adversarial, labels, target_id, method,
                                   None if method == "deepfool" else eps, used_steps)
     try:
         save_attack(out, clean, result.adversarial, report, images=not no_png, progress=not quiet)

@@ -5,7 +5,9 @@ graph (``normalize(x, spec)``), so budgets and norms are in pixel units: ``eps =
 pixel channel moves by more than 8 grey levels. Inputs are split into batches of ``batch_size``
 with a tqdm bar over the batches; the result keeps the input order.
 
-Methods (all targeted: they push every image towards ``target``, Stop = 14 by default):
+Methods (all targeted: they push every image towards ``target``, a class id or a label of the
+model, resolved by ``signwatch.attacks.targets.resolve_target``; by default the class labelled
+"Stop" where the model has one):
 
 - ``pgd``: projected gradient descent in the L-infinity ball (Madry et al. 2018) on the
   cross-entropy of the target class, from a uniform random start in the ball.
@@ -37,7 +39,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from signwatch.attacks.defaults import DEFAULT_EPS, DEFAULT_OVERSHOOT, DEFAULT_STEPS, DEFAULT_TARGET, METHODS
+from signwatch.attacks.defaults import DEFAULT_EPS, DEFAULT_OVERSHOOT, DEFAULT_STEPS, METHODS
+from signwatch.attacks.targets import resolve_target
 from signwatch.model import ModelSpec, normalize
 
 __all__ = ["METHODS", "AttackResult", "deepfool", "fgsm", "pgd", "predict_probabilities", "quantize",
@@ -51,7 +54,7 @@ class AttackResult:
     adversarial: torch.Tensor  # (B, 3, H, W) in [0, 1]
     predicted: torch.Tensor  # (B,) class after the attack
     success: torch.Tensor  # (B,) bool: predicted == target
-    target: int = DEFAULT_TARGET
+    target: int  # the class id
     method: str = "pgd"
     probabilities: torch.Tensor | None = None  # (B, classes) softmax on the adversarial images
 
@@ -60,10 +63,9 @@ class AttackResult:
         return float(self.success.float().mean()) if len(self.success) else 0.0
 
 
-def check_target(target: int, spec: ModelSpec) -> int:
-    if isinstance(target, bool) or int(target) != target or not 0 <= int(target) < spec.num_classes:
-        raise ValueError(f"target must be a class id in 0..{spec.num_classes - 1}; got {target!r}")
-    return int(target)
+def check_target(target: int | str | None, spec: ModelSpec) -> int:
+    """The class id of ``target`` (an id, a label, or None for "Stop"); ValueError when it names none."""
+    return resolve_target(spec, target)
 
 
 def check_eps(eps: float) -> float:
@@ -145,7 +147,7 @@ def pgd(
     model: torch.nn.Module,
     spec: ModelSpec,
     images01: torch.Tensor,
-    target: int = DEFAULT_TARGET,
+    target: int | str | None = None,
     eps: float = DEFAULT_EPS,
     step: float | None = None,
     steps: int = DEFAULT_STEPS["pgd"],
@@ -192,7 +194,7 @@ def fgsm(
     model: torch.nn.Module,
     spec: ModelSpec,
     images01: torch.Tensor,
-    target: int = DEFAULT_TARGET,
+    target: int | str | None = None,
     eps: float = DEFAULT_EPS,
     batch_size: int = 64,
     quantize_result: bool = False,
@@ -215,7 +217,7 @@ def deepfool(
     model: torch.nn.Module,
     spec: ModelSpec,
     images01: torch.Tensor,
-    target: int = DEFAULT_TARGET,
+    target: int | str | None = None,
     steps: int = DEFAULT_STEPS["deepfool"],
     overshoot: float = DEFAULT_OVERSHOOT,
     batch_size: int = 64,
@@ -272,7 +274,7 @@ def run_attack(
     model: torch.nn.Module,
     spec: ModelSpec,
     images01: torch.Tensor,
-    target: int = DEFAULT_TARGET,
+    target: int | str | None = None,
     eps: float = DEFAULT_EPS,
     steps: int | None = None,
     step: float | None = None,
@@ -298,7 +300,7 @@ def targeted_pgd(
     model: torch.nn.Module,
     spec: ModelSpec,
     images01: torch.Tensor,
-    target: int = 14,
+    target: int | str | None = None,
     eps: float = 8 / 255,
     step: float = 2 / 255,
     steps: int = 10,

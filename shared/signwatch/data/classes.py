@@ -58,6 +58,15 @@ assert len(CLASS_NAMES) == NUM_CLASSES
 #: Class id -> the number on the sign, for the speed limits (and 6, the end of 80 km/h).
 SPEED_LIMITS: dict[int, int] = {0: 20, 1: 30, 2: 50, 3: 60, 4: 70, 5: 80, 6: 80, 7: 100, 8: 120}
 
+#: Images per class in GTSRB's training set (39,209 in all): the uneven mix of real road traffic
+#: (speed limits common, "Speed limit (20km/h)" rare) that tests and benchmarks resample.
+GTSRB_TRAIN_COUNTS: tuple[int, ...] = (
+    210, 2220, 2250, 1410, 1980, 1860, 420, 1440, 1410, 1470, 2010, 1320, 2100, 2160, 780, 630, 420, 1110, 1200,
+    210, 360, 330, 390, 510, 270, 1500, 600, 240, 540, 270, 450, 780, 240, 689, 420, 1200, 390, 210, 2070, 300,
+    360, 240, 240)
+
+assert len(GTSRB_TRAIN_COUNTS) == NUM_CLASSES
+
 #: Pairs of classes that are mirror images of each other: never flip images horizontally
 #: when augmenting, or these pairs swap labels.
 MIRROR_PAIRS: tuple[tuple[int, int], ...] = ((19, 20), (33, 34), (36, 37), (38, 39))

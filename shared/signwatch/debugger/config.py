@@ -1,7 +1,9 @@
 """What the run-time debugger records: the include regex, the sample rate, an optional step cap.
 
 Switched on and off through ``PUT /admin/debugger`` on the inference service (see docs/debugger.md);
-a PUT replaces the whole configuration, so fields left out take their defaults.
+a PUT replaces the whole configuration, so fields left out take their defaults. An include regex
+left out (None) means the served model's default, derived from its architecture
+(``signwatch.model.architectures``); the debugger resolves it where it knows the model.
 """
 
 from __future__ import annotations
@@ -12,12 +14,15 @@ from functools import cached_property
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from signwatch.model.architectures import RESNET_INCLUDE_REGEX
+
 from .layout import smdebug_name
 
 __all__ = ["DEFAULT_INCLUDE_REGEX", "MAX_REGEX_LENGTH", "DebuggerConfig", "sampled"]
 
-# The reference's hook configuration: BatchNorm, biases, downsampling, the model input.
-DEFAULT_INCLUDE_REGEX = ".*bn|.*bias|.*downsample|.*ResNet_input|.*image"
+# The reference's hook configuration (BatchNorm, biases, downsampling, the model input): the
+# default of a ResNet, declared in the registry; every other family has its own there.
+DEFAULT_INCLUDE_REGEX = RESNET_INCLUDE_REGEX
 MAX_REGEX_LENGTH = 1000
 
 
@@ -25,12 +30,15 @@ class DebuggerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = False
-    include_regex: str = Field(
-        DEFAULT_INCLUDE_REGEX, min_length=1, max_length=MAX_REGEX_LENGTH,
+    include_regex: str | None = Field(
+        None, min_length=1, max_length=MAX_REGEX_LENGTH,
         description="tensor names to record: a tensor is recorded when the regex matches anywhere "
                     "(re.search, as smdebug does) in its name or in its smdebug name; names look like "
                     "'layer1.0.bn1_output', 'gradient/layer1.0.bn1_output', 'layer1.0.bn1.running_mean', "
-                    "'image', smdebug's like 'layer1.0.bn1_output_0', 'ResNet_bn1.bias', 'ResNet_input_0'",
+                    "'image', smdebug's like 'layer1.0.bn1_output_0', 'ResNet_bn1.bias', 'ResNet_input_0'. "
+                    "None: the served model's default, what FullGrad needs from a trial without the large "
+                    "weights (a ResNet's is the reference's '" + DEFAULT_INCLUDE_REGEX + "'; "
+                    "docs/architectures.md lists every family's)",
     )
     sample_rate: float = Field(
         1.0, ge=0.0, le=1.0,
@@ -43,15 +51,25 @@ class DebuggerConfig(BaseModel):
 
     @field_validator("include_regex")
     @classmethod
-    def _compiles(cls, value: str) -> str:
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
         try:
             re.compile(value)
         except re.error as exc:
             raise ValueError(f"include_regex does not compile: {exc}") from exc
         return value
 
+    def resolved(self, default_regex: str) -> "DebuggerConfig":
+        """This configuration with ``default_regex`` (the model's default) where the regex is unset."""
+        if self.include_regex is not None:
+            return self
+        return DebuggerConfig.model_validate(self.model_dump() | {"include_regex": default_regex})
+
     @cached_property
     def pattern(self) -> re.Pattern[str]:
+        if self.include_regex is None:
+            raise ValueError("the include regex is the model's default: resolve it first (resolved())")
         return re.compile(self.include_regex)
 
     def includes(self, name: str, root: str | None = None) -> bool:

@@ -13,6 +13,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
+from signwatch.model.architectures import default_include_regex
+
 from .config import DebuggerConfig
 from .layout import INPUT_NAME, gradient_name, output_name
 
@@ -44,6 +46,7 @@ class Plan:
     """What to hook and snapshot for one (model, include regex): computed once, then cached."""
 
     root: str  # the model's class name, the root of its smdebug names
+    include_regex: str  # what the plan records: the configuration's, or the model's default
     modules: tuple[tuple[str, nn.Module], ...]  # hooked, in named_modules() order
     params: tuple[tuple[str, torch.Tensor], ...]  # parameters and buffers whose names match
     input_value: bool
@@ -57,6 +60,8 @@ class Plan:
 
 
 def make_plan(model: nn.Module, cfg: DebuggerConfig) -> Plan:
+    """The plan for ``cfg``; an unset include regex is the model's default (its architecture's)."""
+    cfg = cfg.resolved(default_include_regex(model))
     root = model._get_name()
 
     def inc(name: str) -> bool:
@@ -79,7 +84,8 @@ def make_plan(model: nn.Module, cfg: DebuggerConfig) -> Plan:
     input_gradient = inc(gradient_name(INPUT_NAME))
     bias_layers = bias_layer_info(model)
     return Plan(
-        root=root, modules=tuple(modules), params=tuple(params), input_value=inc(INPUT_NAME),
+        root=root, include_regex=cfg.include_regex, modules=tuple(modules), params=tuple(params),
+        input_value=inc(INPUT_NAME),
         input_gradient=input_gradient, any_gradient=any_grad or input_gradient,
         bias_layers=bias_layers,
         eps={p: i["eps"] for p, i in bias_layers.items() if "eps" in i},

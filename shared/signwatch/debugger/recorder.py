@@ -90,7 +90,8 @@ class Debugger:
     the same step object. ``registry``: Prometheus registry for
     ``signwatch_debugger_steps_total{outcome}`` (recorded, dropped, failed), ``signwatch_debugger_enabled``
     and ``signwatch_debugger_pending_bytes``. ``max_pending_bytes`` bounds what waits for the writer;
-    a batch that does not fit is dropped and counted, never waited for.
+    a batch that does not fit is dropped and counted, never waited for. ``model``: the served model,
+    whose default include regex (its architecture's) an unset regex stands for.
     """
 
     def __init__(
@@ -102,8 +103,12 @@ class Debugger:
         worker: str | None = None,
         config: DebuggerConfig | None = None,
         max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
+        model: nn.Module | None = None,
     ) -> None:
         self.store = store
+        # The served model, where known at construction: ``config`` then shows its default include
+        # regex (an unset regex is otherwise resolved at the first recorded batch, per model).
+        self.model = model
         self.endpoint = endpoint
         self.prefix = tensors_prefix(endpoint)
         self.worker = check_worker(worker) if worker else default_worker()
@@ -142,7 +147,11 @@ class Debugger:
 
     @property
     def config(self) -> DebuggerConfig:
-        return self._config
+        """The configuration, with the served model's default regex where it leaves it unset."""
+        cfg = self._config
+        if cfg.include_regex is None and self.model is not None:
+            return cfg.resolved(self._plan(self.model, cfg).include_regex)
+        return cfg
 
     @property
     def enabled(self) -> bool:
@@ -208,7 +217,7 @@ class Debugger:
 
     def _plan(self, model: nn.Module, cfg: DebuggerConfig) -> Plan:
         per_model = self._plans.setdefault(model, {})
-        plan = per_model.get(cfg.include_regex)
+        plan = per_model.get(cfg.include_regex)  # None: the model's default
         if plan is None:
             plan = per_model[cfg.include_regex] = make_plan(model, cfg)
         return plan
@@ -241,6 +250,7 @@ class Debugger:
     def _record(self, model: nn.Module, batch: torch.Tensor, cfg: DebuggerConfig,
                 rows: list[int], steps: list[tuple[int, str]]) -> tuple[torch.Tensor, _Job]:
         plan = self._plan(model, cfg)
+        cfg = cfg.resolved(plan.include_regex)  # what the step's meta names as its regex
 
         def inc(name: str) -> bool:
             return plan.includes(cfg, name)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from signwatch.saliency.fullgrad import POST_EPS, batchnorm_effective_bias, fullgrad_maps
+from signwatch.saliency.fullgrad import POST_EPS, batchnorm_effective_bias, completeness_error, fullgrad_maps
 
 from .layout import INPUT_NAME, gradient_name, output_name
 from .trial import TensorUnavailable, Trial
@@ -109,7 +109,7 @@ def fullgrad_result_from_trial(trial: Trial, step: int, *, eps: float = POST_EPS
     if missing:
         rel_error = math.nan
     else:
-        rel_error = abs(score - float(total[0])) / max(abs(score), np.finfo(np.float64).tiny)
+        rel_error = float(completeness_error(torch.tensor(score, dtype=torch.float64), total[0]))
     return TrialFullGrad(
         map=maps, step=step, target=int(meta["predicted_class"]), score=score,
         completeness_rel_error=rel_error, layers=tuple(used), missing=tuple(missing),

@@ -13,17 +13,39 @@ stays here, though PyTorch marks it deprecated.
 against 6.3 ms for the graph only frozen, while it wins from two images on (12.8 against 14.7 ms;
 at 32: 69 against 104 ms). A batch of one therefore takes the plainly frozen graph.
 
+Per architecture (224 px, one thread, images/s, eager -> plainly frozen; the oneDNN graph at 16):
+
+    family           batch 1          batch 16         batch 16, oneDNN graph
+    resnet18          19.1 ->  19.9    17.7 ->  20.7     19.5
+    resnet50           7.4 ->   8.0     6.5 ->   7.8      7.8
+    vgg11_bn           5.0 ->   5.1     4.1 ->   4.8      4.9
+    regnet_x_400mf    46.1 ->  58.7    70.7 ->  78.2     85.6
+    regnet_y_400mf    41.8 ->  58.7    47.5 ->  58.3     51.7
+    densenet121        8.8 ->  11.0     8.5 ->   9.9      7.0
+    mobilenet_v3_s   101.9 -> 202.7   232.7 -> 304.4    303.6
+    mobilenet_v3_l    53.5 ->  83.2    60.4 ->  82.6     89.0
+    efficientnet_b0   30.8 ->  37.9    28.5 ->  40.2     22.9
+
+The frozen graph never lost to eager (1.02-1.99x), before counting the GIL it releases, so every
+family is served frozen. oneDNN's graph lost to eager for DenseNet (concatenations between oneDNN
+layouts) and EfficientNet (depthwise convolutions with SiLU): those families take the plainly
+frozen graph for batches too (``Architecture.onednn_batches``). A graph that cannot be traced or
+frozen, or differs from the model, is not served: ``served_forward`` logs why and serves eager.
+
 The eager model stays the one the debugger records and FullGrad explains: both need its hooks
 and gradients. Both graphs are checked against it on a probe batch when built.
 """
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import torch
 
 from signwatch.model.core import ModelSpec
+
+log = logging.getLogger(__name__)
 
 TOLERANCE = 1e-4  # on logits; folding batch norm moves them by about 5e-6
 
@@ -38,8 +60,15 @@ class FrozenForward:
         with torch.no_grad(), warnings.catch_warnings():  # at start-up, before any request thread
             warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation notice
             traced = torch.jit.trace(model, probe)
-            self.single = torch.jit.freeze(traced)
-            self.batched = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+            self.single = self.batched = torch.jit.freeze(traced)
+            if spec.arch.onednn_batches:
+                try:
+                    self.batched = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+                    self.batched(probe)
+                except RuntimeError as exc:  # e.g. VGG at 64 px: oneDNN pools 2x2 to 7x7 only by divisors
+                    log.info("forward: oneDNN graph of %s refused (%s); batches take the frozen graph",
+                             spec.architecture, str(exc).strip().splitlines()[-1])
+                    self.batched = self.single
         with torch.inference_mode():
             for batch in (probe[:1], probe):
                 expected, got = model(batch), self(batch)
@@ -49,3 +78,16 @@ class FrozenForward:
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         return (self.single if batch.shape[0] == 1 else self.batched)(batch)
+
+
+def served_forward(model: torch.nn.Module, spec: ModelSpec, graph: str = "frozen") -> FrozenForward | None:
+    """The plain forward to serve (``SIGNWATCH_FORWARD_GRAPH``): the frozen graphs, or None for the
+    eager model, when ``graph`` is "eager" or the model cannot be traced, frozen or matched (logged)."""
+    if graph == "eager":
+        return None
+    try:
+        return FrozenForward(model, spec)
+    except Exception as exc:  # noqa: BLE001 - tracing fails in many ways; eager always serves
+        log.warning("forward: %s served eager, its frozen graph is not usable: %s: %s",
+                    spec.architecture, type(exc).__name__, str(exc).strip().splitlines()[-1] if str(exc) else "")
+        return None

@@ -16,9 +16,11 @@ import logging
 import os
 import tempfile
 from pathlib import Path, PurePosixPath
+from collections.abc import Callable
 from urllib.parse import parse_qs, urlparse
 
 from signwatch.model.core import file_sha256 as _sha256
+from signwatch.model.importing import ImportOptions, import_cached
 from signwatch.ports import open_store
 
 log = logging.getLogger(__name__)
@@ -28,7 +30,8 @@ class ModelFetchError(RuntimeError):
     pass
 
 
-def _store_url(model_url: str, fallback_store_url: str | None) -> tuple[str, str]:
+def store_url_and_key(model_url: str, fallback_store_url: str | None = None) -> tuple[str, str]:
+    """(the store URL of the bucket, the key) of ``s3://bucket/key[?endpoint=URL]``."""
     parsed = urlparse(model_url)
     if not parsed.netloc or not parsed.path.strip("/"):
         raise ModelFetchError(f"model URL needs a bucket and a key: {model_url!r}")
@@ -43,7 +46,7 @@ def fetch_weights(model_url: str, cache_dir: Path, access_key: str | None = None
                   secret_key: str | None = None, region: str = "us-east-1",
                   fallback_store_url: str | None = None) -> Path:
     """The local path of the weights behind ``model_url`` (with their manifest beside them)."""
-    store_url, key = _store_url(model_url, fallback_store_url)
+    store_url, key = store_url_and_key(model_url, fallback_store_url)
     manifest_key = str(PurePosixPath(key).with_suffix(".json"))
     store = open_store(store_url, access_key=access_key, secret_key=secret_key, region=region)
     try:
@@ -75,13 +78,54 @@ def fetch_weights(model_url: str, cache_dir: Path, access_key: str | None = None
     return weights
 
 
+def s3_reader(settings) -> Callable[[str], bytes]:
+    """``read(s3://bucket/key[?endpoint=URL]) -> bytes`` with the settings' credentials; without
+    ``?endpoint=`` the endpoint of ``SIGNWATCH_STORE_URL`` (the same S3)."""
+    def read(url: str) -> bytes:
+        store_url, key = store_url_and_key(url, settings.store_url)
+        return open_store(store_url, _secret(settings.s3_access_key), _secret(settings.s3_secret_key),
+                          settings.s3_region).get(key)
+    return read
+
+
+def _secret(value) -> str | None:
+    return value.get_secret_value() if value is not None else None
+
+
+def import_options(settings) -> ImportOptions:
+    return ImportOptions(architecture=settings.model_architecture, input_size=settings.model_input_size,
+                         labels=settings.model_labels, num_classes=settings.model_num_classes,
+                         mean=settings.model_mean, std=settings.model_std, version=settings.model_version)
+
+
+def _is_signwatch_weights(path: str, settings) -> bool:
+    """A ``.safetensors`` with signwatch's manifest beside it (else it is imported first)."""
+    if not urlparse(path).path.endswith(".safetensors"):  # s3:// URLs may end in ?endpoint=...
+        return False
+    if path.startswith("s3://"):
+        store_url, key = store_url_and_key(path, settings.store_url)
+        store = open_store(store_url, _secret(settings.s3_access_key), _secret(settings.s3_secret_key),
+                           settings.s3_region)
+        return store.exists(str(PurePosixPath(key).with_suffix(".json")))
+    return Path(path).with_suffix(".json").exists()
+
+
 def resolve_model_path(settings) -> Path | None:
-    """What ``load_model`` should open for these settings: a local path, or None (shipped)."""
+    """What ``load_model`` should open for these settings: a local path, or None (shipped).
+
+    ``SIGNWATCH_MODEL_PATH`` may also name a SageMaker ``model.tar.gz``, a ``.pth``/``.pt`` state
+    dict or a bare safetensors file (local, ``file://`` or ``s3://``): it is imported at start with
+    ``SIGNWATCH_MODEL_ARCHITECTURE``, ``..._INPUT_SIZE``, ``..._LABELS`` (and the other
+    ``SIGNWATCH_MODEL_*`` settings), once: the result is cached under ``model_cache_dir`` by the
+    source's sha256 and those settings.
+    """
     path = settings.model_path
     if path is None:
         return None
-    if str(path).startswith("s3://"):
-        secret = lambda s: s.get_secret_value() if s is not None else None  # noqa: E731
-        return fetch_weights(str(path), settings.model_cache_dir, secret(settings.s3_access_key),
-                             secret(settings.s3_secret_key), settings.s3_region, settings.store_url)
-    return Path(path)
+    path = str(path)
+    if _is_signwatch_weights(path, settings):
+        if path.startswith("s3://"):
+            return fetch_weights(path, settings.model_cache_dir, _secret(settings.s3_access_key),
+                                 _secret(settings.s3_secret_key), settings.s3_region, settings.store_url)
+        return Path(path)
+    return import_cached(path, import_options(settings), settings.model_cache_dir, s3_reader(settings))

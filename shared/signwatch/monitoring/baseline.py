@@ -8,6 +8,12 @@ confidence and the top-1 minus top-2 margin; constraints with ``monitoring_confi
 budget, minimum sample sizes) sit under a ``signwatch`` key that SageMaker ignores. The KLL
 ``sketch.data`` holds up to 1,024 sorted quantiles of the values rather than a real KLL
 compactor state: signwatch reads only the buckets, which use the fixed bins of ``features``.
+
+A baseline is made for one model's classes: ``constraints.json`` lists the class domain
+(``string_constraints.domains``: ``"0"`` to ``"n-1"``) and ``statistics.json`` records the model
+(``signwatch.model``: version and class count). ``load`` refuses one whose classes are not the
+served model's (``BaselineMismatch``), never truncating. The shipped baseline describes the
+shipped GTSRB model only (``for_shipped_classes``).
 """
 
 from __future__ import annotations
@@ -20,12 +26,24 @@ from pathlib import Path
 
 import numpy as np
 
+from signwatch.data.classes import CLASS_NAMES as GTSRB_CLASS_NAMES
 from signwatch.model.core import MODELS_DIR
 from signwatch.monitoring.features import EDGES, N_BINS, Features, bin_of
 
 CLASS_FEATURE, CONFIDENCE_FEATURE, MARGIN_FEATURE = "PredictedClass", "Confidence", "Margin"
 SHIPPED = MODELS_DIR / "signwatch-resnet18.baseline"
 STATISTICS, CONSTRAINTS = "statistics.json", "constraints.json"
+SUGGEST_HINT = "signwatch baseline suggest --capture PREFIX --start ... --end ... --upload"
+
+
+class BaselineMismatch(ValueError):
+    """The baseline was made for other classes than the served model's."""
+
+
+def for_shipped_classes(class_names: tuple[str, ...]) -> bool:
+    """The shipped baseline (and rendered or GTSRB reference images) fit a model whose labels are
+    the GTSRB classes, in GTSRB's order, and no other."""
+    return tuple(class_names) == GTSRB_CLASS_NAMES
 
 
 @dataclass(frozen=True)
@@ -38,7 +56,7 @@ class Thresholds:
     low_confidence: float = 0.5                # top three all below this
     low_confidence_min_increase: float = 0.02  # effect size on top of significance
     completeness: float = 0.99                 # share of events that must be readable
-    alpha_per_day: float = 0.01                # false-alarm budget, see checks.alpha_per_test
+    alpha_per_day: float = 0.01                # false-alarm budget, see registry.alpha_for
     min_over_prediction: int = 20
     min_drift: int = 100
 
@@ -59,6 +77,7 @@ class Baseline:
     accuracy: float | None            # when the reference data had labels
     atc_bin: int | None               # bins >= this count as "probably right" (ATC)
     thresholds: Thresholds
+    model: dict | None = None         # the model it was made for: version, num_classes (when recorded)
 
     @property
     def class_shares(self) -> np.ndarray:
@@ -69,20 +88,49 @@ class Baseline:
         return self.low_confidence_count / max(1, self.item_count)
 
 
-def _kll(values: np.ndarray) -> dict:
-    counts = np.bincount([bin_of(v) for v in values], minlength=N_BINS)
-    quantiles = np.quantile(values, np.linspace(0, 1, min(1024, len(values)))).round(7).tolist()
-    return {"buckets": [{"lower_bound": EDGES[i], "upper_bound": EDGES[i + 1], "count": float(counts[i])}
+def _numerical_document(name: str, n: int, mean: float, std: float, lo: float, hi: float, counts: np.ndarray,
+                        quantiles: list[float]) -> dict:
+    """One ``numerical_statistics`` feature: the fixed-bin buckets and the quantiles as the KLL sketch."""
+    return {"name": name, "inferred_type": "Fractional", "numerical_statistics": {
+        "common": {"num_present": int(n), "num_missing": 0},
+        "mean": float(mean), "sum": float(mean * n), "std_dev": float(std), "min": float(lo), "max": float(hi),
+        "distribution": {"kll": {
+            "buckets": [{"lower_bound": EDGES[i], "upper_bound": EDGES[i + 1], "count": float(counts[i])}
                         for i in range(N_BINS)],
-            "sketch": {"parameters": {"c": 0.64, "k": 2048.0}, "data": [quantiles]}}
+            "sketch": {"parameters": {"c": 0.64, "k": 2048.0}, "data": [quantiles]}}}}}
 
 
 def _numerical(name: str, values: np.ndarray) -> dict:
-    return {"name": name, "inferred_type": "Fractional", "numerical_statistics": {
-        "common": {"num_present": int(len(values)), "num_missing": 0},
-        "mean": float(values.mean()), "sum": float(values.sum()), "std_dev": float(values.std()),
-        "min": float(values.min()), "max": float(values.max()),
-        "distribution": {"kll": _kll(values)}}}
+    counts = np.bincount([bin_of(v) for v in values], minlength=N_BINS)
+    quantiles = np.quantile(values, np.linspace(0, 1, min(1024, len(values)))).round(7).tolist()
+    return _numerical_document(name, len(values), values.mean(), values.std(), values.min(), values.max(), counts,
+                               quantiles)
+
+
+def _numerical_from_bins(name: str, counts: np.ndarray, value_sum: float | None = None,
+                         square_sum: float | None = None) -> dict:
+    """The same feature from bin counts alone (a baseline learned by the streaming monitor, which
+    keeps counters, never values). The sketch's quantiles are read off the bins as if the values
+    were spread evenly within each bin, and min and max are the edges of the outermost bins
+    holding any: signwatch reads only the buckets, which are exact. The mean and the standard
+    deviation are exact when the running sums are given, else from the bins' middles."""
+    counts = np.asarray(counts, dtype=float)
+    n = float(counts.sum())
+    edges = np.array(EDGES)
+    middles = (edges[:-1] + edges[1:]) / 2
+    mean = value_sum / n if value_sum is not None else float((counts * middles).sum() / n)
+    second = square_sum / n if square_sum is not None else float((counts * middles ** 2).sum() / n)
+    std = math.sqrt(max(0.0, second - mean ** 2))
+    present = np.flatnonzero(counts)
+    lo, hi = edges[present[0]], edges[present[-1] + 1]
+    above = np.cumsum(counts) / n  # the share at or below each bin's upper edge
+    levels = np.linspace(0, 1, int(min(1024, n)))
+    bins = np.minimum(np.searchsorted(above, levels, side="left"), N_BINS - 1)  # the first bin reaching the level
+    below = above[bins] - counts[bins] / n
+    within = np.divide(levels - below, counts[bins] / n, out=np.zeros_like(levels), where=counts[bins] > 0)
+    quantiles = edges[bins] + np.clip(within, 0, 1) * (edges[bins + 1] - edges[bins])  # even within a bin
+    quantiles = np.clip(quantiles, lo, hi).round(7).tolist()
+    return _numerical_document(name, int(n), mean, std, lo, hi, counts, quantiles)
 
 
 def _atc_bin(confidence: np.ndarray, accuracy: float) -> int:
@@ -94,20 +142,60 @@ def _atc_bin(confidence: np.ndarray, accuracy: float) -> int:
 
 
 def suggest(features: list[Features], n_classes: int, labels: list[int] | None = None,
-            source: str = "", thresholds: Thresholds | None = None, min_items: int = 100) -> tuple[dict, dict]:
-    """``statistics.json`` and ``constraints.json`` for reference predictions."""
+            source: str = "", thresholds: Thresholds | None = None, min_items: int = 100,
+            model_version: str | None = None) -> tuple[dict, dict]:
+    """``statistics.json`` and ``constraints.json`` for reference predictions of a model with
+    ``n_classes`` classes (recorded, with ``model_version``, under ``signwatch.model``)."""
     if len(features) < min_items:
         raise ValueError(f"a baseline needs at least {min_items} predictions, got {len(features)}")
     classes = np.array([f.class_id for f in features])
+    outside = int(((classes < 0) | (classes >= n_classes)).sum())
+    if outside:
+        raise ValueError(f"{outside} of {len(features)} predictions name a class outside the model's "
+                         f"0..{n_classes - 1}: were they made by another model?")
     conf = np.array([f.confidence for f in features])
     margin = np.array([f.margin for f in features])
     counts = np.bincount(classes, minlength=n_classes)
     n = len(features)
     extra: dict = {"source": source, "low_confidence_count": int(sum(f.low_confidence for f in features)),
-                   "bin_edges": list(EDGES)}
+                   "bin_edges": list(EDGES), "model": {"version": model_version, "num_classes": n_classes}}
     if labels is not None:
         accuracy = float((classes == np.array(labels)).mean())
         extra |= {"labelled_accuracy": accuracy, "atc_bin": _atc_bin(conf, accuracy)}
+    return _documents(counts, _numerical(CONFIDENCE_FEATURE, conf), _numerical(MARGIN_FEATURE, margin), extra,
+                      thresholds)
+
+
+def suggest_from_counts(class_counts: np.ndarray, confidence_counts: np.ndarray, margin_counts: np.ndarray,
+                        low_confidence_count: int, source: str = "", model_version: str | None = None,
+                        thresholds: Thresholds | None = None, min_items: int = 100,
+                        confidence_sums: tuple[float, float] | None = None,
+                        margin_sums: tuple[float, float] | None = None) -> tuple[dict, dict]:
+    """What ``suggest`` writes, from counts rather than predictions (the streaming monitor learns a
+    baseline as counters): the class counts, the confidence and margin bin counts (``features``'
+    bins) and the low-confidence count; optionally the running sums (of the values, of their
+    squares) for exact means and standard deviations. The checks read only these counts, so the
+    baseline judges as one suggested from the same predictions would (``_numerical_from_bins``)."""
+    class_counts = np.asarray(class_counts, dtype=np.int64)
+    n = int(class_counts.sum())
+    if n < min_items:
+        raise ValueError(f"a baseline needs at least {min_items} predictions, got {n}")
+    for name, bins in (("confidence", confidence_counts), ("margin", margin_counts)):
+        if len(bins) != N_BINS or int(np.sum(bins)) != n:
+            raise ValueError(f"the {name} bins count {int(np.sum(bins))} predictions in {len(bins)} bins, "
+                             f"the classes {n} (expected {N_BINS} bins)")
+    n_classes = len(class_counts)
+    extra: dict = {"source": source, "low_confidence_count": int(low_confidence_count), "bin_edges": list(EDGES),
+                   "model": {"version": model_version, "num_classes": n_classes}}
+    return _documents(class_counts,
+                      _numerical_from_bins(CONFIDENCE_FEATURE, confidence_counts, *(confidence_sums or ())),
+                      _numerical_from_bins(MARGIN_FEATURE, margin_counts, *(margin_sums or ())), extra, thresholds)
+
+
+def _documents(counts: np.ndarray, confidence: dict, margin: dict, extra: dict,
+               thresholds: Thresholds | None) -> tuple[dict, dict]:
+    """``statistics.json`` and ``constraints.json`` around the class counts and the two numerical features."""
+    n, n_classes = int(counts.sum()), len(counts)
     statistics = {
         "version": 0.0,
         "dataset": {"item_count": n},
@@ -117,8 +205,8 @@ def suggest(features: list[Features], n_classes: int, labels: list[int] | None =
                 "distinct_count": float((counts > 0).sum()),
                 "distribution": {"categorical": {"buckets": [
                     {"value": str(c), "count": int(counts[c])} for c in range(n_classes)]}}}},
-            _numerical(CONFIDENCE_FEATURE, conf),
-            _numerical(MARGIN_FEATURE, margin),
+            confidence,
+            margin,
         ],
         "signwatch": extra,
     }
@@ -169,16 +257,50 @@ def _buckets(feature: dict) -> np.ndarray:
     return counts
 
 
-def load(statistics: dict, constraints: dict, n_classes: int = 43, overrides: dict | None = None) -> Baseline:
-    """Parse the two files; a clear ``ValueError`` when they are not usable."""
+def _class_domain(constraints: dict) -> list[str] | None:
+    for f in constraints.get("features", []):
+        if f.get("name") == CLASS_FEATURE:
+            return (f.get("string_constraints") or {}).get("domains")
+    return None
+
+
+def check_classes(statistics: dict, constraints: dict, n_classes: int) -> None:
+    """``BaselineMismatch`` when the baseline was made for another class count than ``n_classes``."""
+    recorded = ((statistics.get("signwatch") or {}).get("model") or {})
+    made_for = recorded.get("num_classes")
+    domain = _class_domain(constraints)
+    if made_for is None and domain is not None:
+        made_for = len(domain)
+    version = f" (model {recorded['version']})" if recorded.get("version") else ""
+    if made_for is not None and int(made_for) != n_classes:
+        raise BaselineMismatch(f"the baseline was made for {made_for} classes{version}, the served model has "
+                               f"{n_classes}: suggest one from its captured traffic ({SUGGEST_HINT})")
+    if domain is not None and {str(d) for d in domain} != {str(c) for c in range(n_classes)}:
+        raise BaselineMismatch(f"the baseline's class domain is not 0..{n_classes - 1}: suggest one for the "
+                               f"served model ({SUGGEST_HINT})")
+
+
+def check_baseline_fits(baseline: Baseline, n_classes: int) -> None:
+    """``BaselineMismatch`` when a loaded baseline counts another number of classes."""
+    if len(baseline.class_counts) != n_classes:
+        raise BaselineMismatch(f"baseline {baseline.baseline_id} counts {len(baseline.class_counts)} classes, "
+                               f"the served model has {n_classes} ({SUGGEST_HINT})")
+
+
+def load(statistics: dict, constraints: dict, n_classes: int, overrides: dict | None = None) -> Baseline:
+    """Parse the two files for a model of ``n_classes`` classes; a clear ``ValueError`` when they
+    are not usable, ``BaselineMismatch`` when they describe other classes (never truncated)."""
+    check_classes(statistics, constraints, n_classes)
     try:
         item_count = int(statistics["dataset"]["item_count"])
         classes = _feature(statistics, CLASS_FEATURE)["string_statistics"]["distribution"]["categorical"]["buckets"]
         class_counts = np.zeros(n_classes)
         for b in classes:
             c = int(b["value"])
-            if 0 <= c < n_classes:
-                class_counts[c] = float(b["count"])
+            if not 0 <= c < n_classes:
+                raise BaselineMismatch(f"statistics.json counts class {c}, outside the served model's "
+                                       f"0..{n_classes - 1}: suggest a baseline for it ({SUGGEST_HINT})")
+            class_counts[c] = float(b["count"])
         conf_feature = _feature(statistics, CONFIDENCE_FEATURE)
         confidence_counts = _buckets(conf_feature)
         margin_counts = _buckets(_feature(statistics, MARGIN_FEATURE))
@@ -188,6 +310,8 @@ def load(statistics: dict, constraints: dict, n_classes: int = 43, overrides: di
         from_file |= {"comparison_threshold": float(dist["comparison_threshold"]),
                       "categorical_comparison_threshold": float(dist.get("categorical_comparison_threshold",
                                                                          dist["comparison_threshold"]))}
+    except BaselineMismatch:
+        raise
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise ValueError(f"not a usable baseline: {type(exc).__name__}: {exc}") from exc
     if item_count <= 0 or not math.isclose(class_counts.sum(), item_count, rel_tol=1e-6):
@@ -202,10 +326,11 @@ def load(statistics: dict, constraints: dict, n_classes: int = 43, overrides: di
         class_counts=class_counts, confidence_counts=confidence_counts, margin_counts=margin_counts,
         low_confidence_count=int(low), mean_confidence=mean_confidence,
         accuracy=extra.get("labelled_accuracy"), atc_bin=extra.get("atc_bin"), thresholds=thresholds,
+        model=extra.get("model"),
     )
 
 
-def load_folder(folder: Path, n_classes: int = 43, overrides: dict | None = None) -> Baseline:
+def load_folder(folder: Path, n_classes: int, overrides: dict | None = None) -> Baseline:
     return load(json.loads((folder / STATISTICS).read_text()), json.loads((folder / CONSTRAINTS).read_text()),
                 n_classes, overrides)
 

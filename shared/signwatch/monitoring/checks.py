@@ -1,14 +1,9 @@
-"""The checks, each a pure function of a window's counts and the baseline.
+"""The window checks, each a pure function of a window's counts and the baseline.
 
-False-alarm control. The streaming monitor evaluates every check on two windows about once a
-second, so a day holds ~86,400 evaluations of ``N_TESTS`` tests each. Each test must reach
-``alpha_per_test = alpha_per_day / (N_TESTS * evaluations per day)`` (Bonferroni): whatever the
-dependence between overlapping windows, the chance of any false alarm in a day of traffic that
-matches the baseline is then at most ``alpha_per_day`` (default 0.01). Overlapping windows make
-the tests strongly dependent, so the real rate is far lower; the price is power, which the
-windows' size buys back within seconds. Every test also needs a minimum sample size and, where
-SageMaker defines one, an effect size above its threshold (distance > ``comparison_threshold``):
-a huge window never flags a difference too small to matter.
+Which checks run, their share of the false-alarm budget and their alpha per test are declared in
+``signwatch.monitoring.registry`` (with the proof of the daily bound). Every test also needs a
+minimum sample size and, where SageMaker defines one, an effect size above its threshold
+(distance > ``comparison_threshold``): a huge window never flags a difference too small to matter.
 """
 
 from __future__ import annotations
@@ -19,17 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special
 
-from signwatch.monitoring.baseline import CLASS_FEATURE, CONFIDENCE_FEATURE, MARGIN_FEATURE, Baseline
+from signwatch.monitoring.baseline import CLASS_FEATURE, CONFIDENCE_FEATURE, MARGIN_FEATURE, Baseline, Thresholds
 from signwatch.monitoring.features import N_BINS
-
-STAT_CHECKS = ("class_drift_chi2", "class_drift_linf", "low_confidence", "ks_confidence", "ks_margin")
-WINDOWS_PER_EVALUATION = 2
-N_TESTS = len(STAT_CHECKS) * WINDOWS_PER_EVALUATION
-
-
-def alpha_per_test(alpha_per_day: float, check_interval_s: float = 1.0) -> float:
-    evaluations = 86_400 / max(check_interval_s, 1e-3)
-    return alpha_per_day / (N_TESTS * evaluations)
 
 
 @dataclass(frozen=True)
@@ -44,9 +30,12 @@ class WindowCounts:
     unreadable: int = 0
     seconds: int | None = None
     size: int | None = None
+    # predictions of class ids the current model does not have, counted under a previous model
+    # with more classes: left out of ``total`` and the class counts until they leave the window
+    other_classes: int = 0
 
     @classmethod
-    def empty(cls, kind: str, n_classes: int = 43, **kw) -> "WindowCounts":
+    def empty(cls, kind: str, n_classes: int, **kw) -> "WindowCounts":
         return cls(kind, 0, np.zeros(n_classes), np.zeros(N_BINS), np.zeros(N_BINS), 0, 0.0, **kw)
 
     @property
@@ -69,6 +58,9 @@ class CheckResult:
     class_id: int | None = None
     count: int = 0
     description: str = ""
+    # False when the window held fewer items than the check needs to judge: no evidence either way
+    # (an incident's hysteresis counts such a result as clear, whatever its share of 2 predictions)
+    judged: bool = True
 
 
 # scipy.special's tails directly: the scipy.stats wrappers cost ~100 us a call (measured), which
@@ -96,8 +88,7 @@ def _lower(p: float, m: int, z: float = 3.0) -> float:
     return max(0.0, p - z * math.sqrt(max(p * (1 - p), 0.25 / m) / m) - 0.5 / m)
 
 
-def over_prediction(w: WindowCounts, b: Baseline, names: tuple[str, ...]) -> CheckResult:
-    t = b.thresholds
+def over_prediction(w: WindowCounts, t: Thresholds, names: tuple[str, ...]) -> CheckResult:
     c = int(np.argmax(w.class_counts)) if w.total else 0
     count = int(w.class_counts[c]) if w.total else 0
     share = count / w.total if w.total else 0.0
@@ -105,7 +96,7 @@ def over_prediction(w: WindowCounts, b: Baseline, names: tuple[str, ...]) -> Che
     label = names[c] if 0 <= c < len(names) else "unknown"
     return CheckResult("over_prediction", CLASS_FEATURE, "baseline_drift_check", w.kind, w.total, failing,
                        observed=share, statistic=share, threshold=t.over_prediction_share, class_id=c,
-                       count=count, description=(f"Class {c} ({label}) predicted {share:.2%} of the time: "
+                       count=count, judged=w.total >= t.min_over_prediction, description=(f"Class {c} ({label}) predicted {share:.2%} of the time: "
                                                  f"exceeded {t.over_prediction_share:.2%} threshold"))
 
 
@@ -117,7 +108,7 @@ def class_drift_chi2(w: WindowCounts, b: Baseline, alpha: float) -> CheckResult:
     alarm in 24 simulated hours)."""
     n, m = w.total, b.item_count
     if n < b.thresholds.min_drift:
-        return CheckResult("class_drift_chi2", CLASS_FEATURE, "baseline_drift_check", w.kind, n, False)
+        return CheckResult("class_drift_chi2", CLASS_FEATURE, "baseline_drift_check", w.kind, n, False, judged=False)
     wc, bc = w.class_counts.astype(float), b.class_counts.astype(float)
     expected = bc * n / m
     small = expected < 5
@@ -126,8 +117,8 @@ def class_drift_chi2(w: WindowCounts, b: Baseline, alpha: float) -> CheckResult:
         bc = np.append(bc[~small], bc[small].sum())
     keep = (wc + bc) > 0
     wc, bc = wc[keep], bc[keep]
-    if len(wc) < 2:
-        return CheckResult("class_drift_chi2", CLASS_FEATURE, "baseline_drift_check", w.kind, n, False)
+    if len(wc) < 2:  # every cell pooled into one: too few predictions for the chi-squared tail
+        return CheckResult("class_drift_chi2", CLASS_FEATURE, "baseline_drift_check", w.kind, n, False, judged=False)
     table = np.vstack([wc, bc])
     exp = table.sum(1, keepdims=True) * table.sum(0, keepdims=True) / table.sum()
     chi2 = float(((table - exp) ** 2 / exp).sum())
@@ -144,7 +135,7 @@ def class_drift_linf(w: WindowCounts, b: Baseline, alpha: float, names: tuple[st
     moved most, Bonferroni over the classes)."""
     n, m, t = w.total, b.item_count, b.thresholds
     if n < t.min_drift:
-        return CheckResult("class_drift_linf", CLASS_FEATURE, "baseline_drift_check", w.kind, n, False)
+        return CheckResult("class_drift_linf", CLASS_FEATURE, "baseline_drift_check", w.kind, n, False, judged=False)
     diff = w.class_counts / n - b.class_shares
     c = int(np.argmax(np.abs(diff)))
     d, k, p0 = float(abs(diff[c])), int(w.class_counts[c]), float(b.class_shares[c])
@@ -164,7 +155,7 @@ def low_confidence(w: WindowCounts, b: Baseline, alpha: float) -> CheckResult:
     """One-sided binomial test of the share whose top three are all below ``low_confidence``."""
     n, t = w.total, b.thresholds
     if n < t.min_drift:
-        return CheckResult("low_confidence", CONFIDENCE_FEATURE, "baseline_drift_check", w.kind, n, False)
+        return CheckResult("low_confidence", CONFIDENCE_FEATURE, "baseline_drift_check", w.kind, n, False, judged=False)
     base = b.low_confidence_share
     share = w.low_confidence / n
     p = binom_sf(w.low_confidence, n, _upper(base, b.item_count))
@@ -193,7 +184,7 @@ def ks_check(w: WindowCounts, b: Baseline, alpha: float, feature: str) -> CheckR
     name = "ks_confidence" if feature == CONFIDENCE_FEATURE else "ks_margin"
     n, t = w.total, b.thresholds
     if n < t.min_drift:
-        return CheckResult(name, feature, "baseline_drift_check", w.kind, n, False)
+        return CheckResult(name, feature, "baseline_drift_check", w.kind, n, False, judged=False)
     window = w.confidence_counts if feature == CONFIDENCE_FEATURE else w.margin_counts
     base = b.confidence_counts if feature == CONFIDENCE_FEATURE else b.margin_counts
     d = ks_distance(window, base)
@@ -205,31 +196,23 @@ def ks_check(w: WindowCounts, b: Baseline, alpha: float, feature: str) -> CheckR
                                     f"exceeded {limit:.3f} threshold, p={p:.2e}"))
 
 
-def completeness(w: WindowCounts, b: Baseline) -> CheckResult:
+def completeness(w: WindowCounts, t: Thresholds) -> CheckResult:
     seen = w.total + w.unreadable
     share = w.total / seen if seen else 1.0
-    limit = b.thresholds.completeness
-    failing = w.unreadable > 0 and seen >= b.thresholds.min_over_prediction and share < limit
+    limit = t.completeness
+    failing = w.unreadable > 0 and seen >= t.min_over_prediction and share < limit
     return CheckResult("completeness", "InferenceEvent", "completeness_check", w.kind, seen, failing,
                        observed=share, statistic=share, threshold=limit, count=w.unreadable,
+                       judged=seen >= t.min_over_prediction,
                        description=(f"{w.unreadable} of {seen} inference events could not be read "
                                     f"({share:.2%} complete, below {limit:.2%})"))
 
 
-def run_checks(w: WindowCounts, b: Baseline, alpha: float, names: tuple[str, ...]) -> list[CheckResult]:
-    out = [over_prediction(w, b, names), class_drift_chi2(w, b, alpha), class_drift_linf(w, b, alpha, names),
-           low_confidence(w, b, alpha), ks_check(w, b, alpha, CONFIDENCE_FEATURE),
-           ks_check(w, b, alpha, MARGIN_FEATURE)]
-    if w.kind != "count":
-        out.append(completeness(w, b))
-    return out
-
-
-def estimated_accuracy(w: WindowCounts, b: Baseline) -> float | None:
+def estimated_accuracy(w: WindowCounts, b: Baseline | None) -> float | None:
     """Label-free accuracy: ATC (share above the baseline's threshold) when the baseline had
     labels, else the average confidence. See docs/monitoring.md for when to trust it."""
     if not w.total:
         return None
-    if b.atc_bin is not None:
+    if b is not None and b.atc_bin is not None:
         return float(w.confidence_counts[b.atc_bin:].sum() / w.total)
     return w.confidence_sum / w.total

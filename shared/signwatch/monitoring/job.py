@@ -5,6 +5,10 @@ checks as the streaming monitor against the baseline, and writes ``statistics.js
 ``constraint_violations.json`` into a folder of its own, ``{output}/yyyy/mm/dd/hh`` (the hour the
 run covers ends in), as SageMaker lays a schedule's reports out. The false-alarm budget of a day
 is split over the runs of a day (24 for an hourly schedule) and the tests of a run.
+
+The classes are the served model's (its manifest): a record whose top-1 class id is not one of
+them counts as unreadable (the completeness check), as a record that is not JSON does. Without a
+baseline for the model only over-prediction and completeness run (``JobResult.baseline_id`` None).
 """
 
 from __future__ import annotations
@@ -16,16 +20,27 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 
-from signwatch.monitoring.baseline import Baseline, suggest
-from signwatch.monitoring.checks import STAT_CHECKS, WindowCounts, estimated_accuracy, run_checks
+from signwatch.monitoring import registry
+from signwatch.monitoring.baseline import Baseline, Thresholds, suggest
+from signwatch.monitoring.checks import WindowCounts, estimated_accuracy
 from signwatch.monitoring.features import N_BINS, Features
-from signwatch.monitoring.reference import features_from_capture
+from signwatch.monitoring.reference import CapturedFrame, captured_frames, features_from_capture
+from signwatch.monitoring.tracks import Tracks
 
 _HOUR = re.compile(r"/(\d{4})/(\d{2})/(\d{2})/(\d{2})/")
 
 
+def split_by_class(features: list[Features], n_classes: int) -> tuple[list[Features], int]:
+    """(the features of the model's classes, how many name a class id outside ``[0, n_classes)``)."""
+    inside = [f for f in features if 0 <= f.class_id < n_classes]
+    return inside, len(features) - len(inside)
+
+
 def batch_counts(features: list[Features], n_classes: int, unreadable: int = 0) -> WindowCounts:
-    classes = np.bincount([f.class_id for f in features], minlength=n_classes)[:n_classes].astype(float)
+    """One window of the features; a class id outside the model's classes is counted unreadable."""
+    features, outside = split_by_class(features, n_classes)
+    unreadable += outside
+    classes = np.bincount([f.class_id for f in features], minlength=n_classes).astype(float)
     conf = np.bincount([f.confidence_bin for f in features], minlength=N_BINS).astype(float)
     margin = np.bincount([f.margin_bin for f in features], minlength=N_BINS).astype(float)
     return WindowCounts("batch", len(features), classes, conf, margin, sum(f.low_confidence for f in features),
@@ -56,20 +71,50 @@ class JobResult:
     statistics: dict | None
     estimated_accuracy: float | None
     files: int
+    baseline_id: str | None = None   # None: no baseline for this model, the drift checks did not run
+    folded: int = 0                  # records not counted on their own: frames of an object counted seconds before
 
 
-def run_job(files: list[bytes], baseline: Baseline, class_names: tuple[str, ...], start: datetime | None = None,
-            end: datetime | None = None, runs_per_day: int = 24) -> JobResult:
-    features, unreadable = features_from_capture(files, start, end)
-    w = batch_counts(features, len(class_names), unreadable)
-    alpha = baseline.thresholds.alpha_per_day / (len(STAT_CHECKS) * max(1, runs_per_day))
-    results = run_checks(w, baseline, alpha, class_names)
+def run_job(files: list[bytes], baseline: Baseline | None, class_names: tuple[str, ...],
+            start: datetime | None = None, end: datetime | None = None, runs_per_day: int = 24,
+            model_version: str | None = None, thresholds: Thresholds | None = None,
+            judge_classes: bool = True, tracks: Tracks | None = None) -> JobResult:
+    """``tracks``: fold the frames of one object (``signwatch.monitoring.tracks``), as the streaming
+    monitor does; None counts every record."""
+    if tracks is not None and tracks.enabled:
+        features, unreadable, folded = fold(*captured_frames(files, start, end), tracks)
+    else:
+        (features, unreadable), folded = features_from_capture(files, start, end), 0
+    features, outside = split_by_class(features, len(class_names))
+    w = batch_counts(features, len(class_names), unreadable + outside)
+    t = baseline.thresholds if baseline is not None else (thresholds or Thresholds())
+
+    def alpha(check: str) -> float:  # the window checks' shares of the day's budget, over the day's runs
+        return registry.alpha_for(check, t.alpha_per_day, runs_per_day, ("window",))
+
+    results = registry.run_checks(w, baseline, alpha, class_names, t, judge_classes=judge_classes)
     violations = [{"feature_name": r.feature, "constraint_check_type": r.check_type, "description": r.description}
                   for r in results if r.failing]
-    statistics = suggest(features, len(class_names), min_items=1)[0] if features else None
+    statistics = (suggest(features, len(class_names), min_items=1, model_version=model_version)[0]
+                  if features else None)
     predicted = {int(c): int(n) for c, n in enumerate(w.class_counts) if n}
-    return JobResult(w.total, unreadable, predicted, violations, statistics, estimated_accuracy(w, baseline),
-                     len(files))
+    return JobResult(w.total, w.unreadable, predicted, violations, statistics, estimated_accuracy(w, baseline),
+                     len(files), baseline.baseline_id if baseline is not None else None, folded)
+
+
+FOLD_BATCH = 256  # frames decided together (against the tracks of every frame before them)
+
+
+def fold(frames: list[CapturedFrame], unreadable: int, tracks: Tracks) -> tuple[list[Features], int, int]:
+    """(the features of the frames that count, unreadable, how many were folded into a track)."""
+    out, folded = [], 0
+    for i in range(0, len(frames), FOLD_BATCH):
+        part = frames[i:i + FOLD_BATCH]
+        decisions = tracks.decide([(f, f.features.class_id) for f in part], read_state=False)
+        tracks.remember(write_state=False)
+        out += [f.features for f, d in zip(part, decisions) if not d.folded]
+        folded += sum(bool(d.folded) for d in decisions)
+    return out, unreadable, folded
 
 
 def run_folder(output_prefix: str, end: datetime) -> str:

@@ -1,43 +1,61 @@
 """The streaming monitor behind one call: ``Monitor.observe(event) -> list[ViolationEvent]``.
 
-Each event is counted into both windows (one atomic state-store call). The checks run every
+Each event is counted into both windows (one atomic state-store call), unless it is one more frame
+of an object counted seconds ago (``tracks``: near-duplicate image hashes or one named track). The checks run every
 ``check_every_events`` events or every ``check_interval_s`` of the monitor's clock, whichever
 comes first (``tick()`` runs a pending evaluation when no event arrives), so the per-event cost
-stays bounded. A failing check opens an episode (one violation across replicas), a check that
-passed for a while resolves it. Violations carry sample inputs as store references with their
-sha256 and are also written to the store as SageMaker ``constraint_violations.json``. The
-snapshot that dashboards read (``read_snapshot``) is refreshed at most once a second.
+stays bounded. The checks that run are looked up in ``registry``; checks failing together open
+one incident (``incidents``: one violation naming them all, across replicas), which resolves once
+every check stayed clear for a while; each claim puts its violation in the outbox in the same atomic
+step, and ``published`` marks it done once the bus acknowledged it (``monitoring.outbox``).
+The violation events are built in ``violations`` (``ViolationWriter``): sample inputs as store
+references with their sha256, and the SageMaker ``constraint_violations.json`` report in the
+store. The snapshot that dashboards read (``read_snapshot``) is refreshed at most once a second.
+
+The monitor counts the served model's classes (``class_names``, from its manifest; ``set_model``
+when a new one is served). An event whose top-1 class id is not one of them is counted as
+unreadable (the completeness check), logged and reported to ``on_unreadable``, never dropped.
+``admit`` refuses, as poison, what the schema cannot know is wrong for this model: more
+predictions than it has classes.
+The baseline judged against is kept by ``baseline_keeper`` (``BaselineKeeper``; the monitor's
+``baseline``, ``baseline_status``, ``baseline_source``, ``judge_classes`` read it). Without a
+baseline made for this model (none in the store, or one for other classes) only the checks that
+need none run, and the snapshot says what the drift checks wait for. With none uploaded, the
+monitor learns one from the endpoint's first hours of traffic and takes it over (``learning``; a
+``BaselineEvent`` says so); meanwhile the shipped baseline, for a model with the GTSRB classes,
+judges confidence, margin and low confidence, never class shares unless asked (``judge_classes``).
+
+What lives here: the monitor's flow (``admit``, counting, ``evaluate``: the checks and the
+incidents, the sequential checks' state) and the snapshot.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-import numpy as np
-
-from signwatch.events import (
-    MAX_VIOLATION_BYTES, MAX_VIOLATION_SAMPLES, InferenceEvent, ViolationCheck, ViolationEvent,
-    ViolationSample, ViolationWindow,
-)
+from signwatch.events import BaselineEvent, InferenceEvent, PoisonMessage, ViolationEvent
 from signwatch.monitoring import baseline as bl
-from signwatch.monitoring.checks import CheckResult, WindowCounts, alpha_per_test, estimated_accuracy, run_checks
-from signwatch.monitoring.episodes import Episodes
-from signwatch.monitoring.features import features_of
+from signwatch.monitoring import registry
+from signwatch.monitoring.baseline_keeper import BaselineKeeper, Served
+from signwatch.monitoring.checks import CheckResult, WindowCounts, estimated_accuracy
+from signwatch.monitoring.features import Features, features_of
+from signwatch.monitoring.incidents import Incidents
+from signwatch.monitoring.learning import LearnedOutbox, Learning
+from signwatch.monitoring.registry import CHECKS, INCIDENTS, run_checks
+from signwatch.monitoring.sequential import SequentialChecks
+from signwatch.monitoring.sequential import state_key as sequential_key
+from signwatch.monitoring.tracks import Tracks
+from signwatch.monitoring.violations import EvaluationContext, ViolationWriter, names_in_order
 from signwatch.monitoring.windows import Windows
 from signwatch.ports.state import StateStore
 from signwatch.ports.store import ObjectStore
 
 log = logging.getLogger(__name__)
-EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "application/x-npy": "npy"}
-CHECK_FEATURES = (("over_prediction", "PredictedClass"), ("class_drift_chi2", "PredictedClass"),
-                  ("class_drift_linf", "PredictedClass"), ("low_confidence", "Confidence"),
-                  ("ks_confidence", "Confidence"), ("ks_margin", "Margin"), ("completeness", "InferenceEvent"))
 
 
 def snapshot_key(endpoint: str) -> str:
@@ -45,7 +63,7 @@ def snapshot_key(endpoint: str) -> str:
 
 
 def read_snapshot(state: StateStore, endpoint: str) -> dict | None:
-    """The monitor's latest view of ``endpoint`` (windows, baseline, drift, episodes), or None."""
+    """The monitor's latest view of ``endpoint`` (windows, baseline, drift, incidents), or None."""
     raw = state.get_value(snapshot_key(endpoint))
     return json.loads(raw) if raw else None
 
@@ -65,11 +83,22 @@ class MonitorConfig:
     check_every_events: int = 50
     check_interval_s: float = 1.0
     resolve_after_s: float = 120.0
+    resolve_after_predictions: int = 100  # an incident's calm lasts at least this many predictions too
     snapshot_interval_s: float = 1.0
     baseline_prefix: str | None = None
     baseline_reload_s: float = 30.0
+    model_reload_s: float = 30.0     # how often the service re-reads the served model's manifest
     reports_prefix: str = "monitoring"
+    outbox_grace_s: int = 15         # a claimer's own time to publish before any replica re-publishes
+    track_window_s: float = 5.0      # frames of one object this close in time count once (tracks.py; 0: off)
+    track_max_distance: int = 10     # image hashes this close (Hamming) show one object
+    track_max_age_s: float = 60.0    # after this long an object counts again
+    track_capacity: int = 1024       # frames the shared track list holds per endpoint
+    sequential: bool = True          # the sequential checks (sequential.py) beside the window checks
     overrides: dict = field(default_factory=dict)
+    learn_baseline_s: float = 10_800.0   # with no baseline in the store, learn one this long (learning.py; 0: off)
+    learn_baseline_min_count: int = 1000  # ... and from this many predictions at least
+    shipped_class_checks: bool = False   # the shipped baseline judges class shares too (else never)
 
     @classmethod
     def from_settings(cls, s) -> "MonitorConfig":
@@ -80,7 +109,16 @@ class MonitorConfig:
                    bucket_s=s.monitor_bucket_seconds, count_n=s.monitor_count_window,
                    samples_per_class=s.monitor_samples_per_class, check_every_events=s.monitor_check_every_events,
                    check_interval_s=s.monitor_check_interval_seconds, resolve_after_s=s.monitor_resolve_after_seconds,
-                   baseline_prefix=s.monitor_baseline_prefix, overrides=overrides)
+                   resolve_after_predictions=s.monitor_resolve_after_predictions,
+                   baseline_prefix=s.monitor_baseline_prefix, baseline_reload_s=s.monitor_baseline_reload_seconds,
+                   model_reload_s=s.monitor_model_reload_seconds,
+                   outbox_grace_s=s.monitor_outbox_grace_seconds, track_window_s=s.monitor_track_window_seconds,
+                   track_max_distance=s.monitor_track_max_distance,
+                   track_max_age_s=s.monitor_track_max_age_seconds, track_capacity=s.monitor_track_capacity,
+                   sequential=s.monitor_sequential, overrides=overrides,
+                   learn_baseline_s=s.monitor_learn_baseline_seconds,
+                   learn_baseline_min_count=s.monitor_learn_baseline_min_count,
+                   shipped_class_checks=s.monitor_shipped_class_checks)
 
 
 @dataclass
@@ -91,59 +129,166 @@ class Evaluation:
     estimated_accuracy: float | None
 
 
+MAX_CLOCK_SKEW_S = 300  # how far ahead of the monitor's wall clock an event's time may be
+
+
 class Monitor:
     def __init__(self, state: StateStore, store: ObjectStore, config: MonitorConfig,
                  class_names: tuple[str, ...], baseline: bl.Baseline | None = None, clock=time.monotonic,
-                 model_version: str | None = None) -> None:
-        self.state, self.store, self.config, self.class_names = state, store, config, class_names
+                 model_version: str | None = None, wall_clock=time.time) -> None:
+        self.state, self.store, self.config, self.class_names = state, store, config, tuple(class_names)
         self.clock = clock
+        self.wall_clock = wall_clock  # what "the future" means for admit()
         self.model_version = model_version
         self.windows = Windows(state, config.endpoint, config.window_s, config.bucket_s, config.count_n,
-                               config.samples_per_class, len(class_names))
-        self.episodes = Episodes(state, config.endpoint, config.resolve_after_s)
-        self.baseline_prefix = config.baseline_prefix or bl.store_prefix(config.endpoint)
-        self._fixed_baseline = baseline is not None
-        self.baseline = baseline or self._load_baseline()
-        self._baseline_checked = self.clock()
+                               config.samples_per_class, n_classes=len(self.class_names))
+        self.incidents = Incidents(state, config.endpoint, config.resolve_after_s, config.outbox_grace_s,
+                                   config.resolve_after_predictions)
+        self.tracks = Tracks(state, config.endpoint, config.track_window_s, config.track_max_distance,
+                             config.track_max_age_s, config.track_capacity)
+        # Called with (by, n) for n frames folded into a track ("hash" or "name"): the service's metric.
+        self.on_folded: Callable[[str, int], None] | None = None
+        # Called with the class id of each prediction counted (new, not folded): the service's metric.
+        self.on_counted: Callable[[int], None] | None = None
+        # Called with (reason, event or None) for each event counted as unreadable: the service's metric.
+        self.on_unreadable: Callable[[str, InferenceEvent | None], None] | None = None
+        self._unreadable_logged = float("-inf")
+        self._now_ts = 0.0          # event time of the newest event seen
+        self.baseline_keeper = BaselineKeeper(state, store, config, clock, baseline, self._served())
+        self.violations = ViolationWriter(store, self.windows, config)
         self._since_check = 0
         self._last_check = float("-inf")
         self._last_snapshot = float("-inf")
-        self._now_ts = 0.0          # event time of the newest event seen
         self._tipping: InferenceEvent | None = None
         self.last: Evaluation | None = None
+        self.sequential: SequentialChecks | None = None  # made for the baseline on the first counted event
         self.windows.mark_alive()
 
-    # -- baseline -----------------------------------------------------------------------------
-    def _load_baseline(self) -> bl.Baseline:
-        files = bl.read_store(self.store, self.baseline_prefix)
-        if files is None:  # first start: publish the shipped baseline where operators replace it
-            files = bl.shipped_files()
-            bl.write_store(self.store, self.baseline_prefix, *files)
-            log.info("no baseline under %s: wrote the shipped one", self.baseline_prefix)
-        return bl.load(*files, n_classes=len(self.class_names), overrides=self.config.overrides)
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
 
-    def _maybe_reload_baseline(self) -> None:
-        if self._fixed_baseline or self.clock() - self._baseline_checked < self.config.baseline_reload_s:
-            return
-        self._baseline_checked = self.clock()
-        try:
-            files = bl.read_store(self.store, self.baseline_prefix)
-            if files and bl.baseline_id(*files) != self.baseline.baseline_id:
-                self.baseline = bl.load(*files, n_classes=len(self.class_names), overrides=self.config.overrides)
-                log.warning("baseline changed: now %s", self.baseline.baseline_id)
-        except ValueError as exc:
-            log.error("the baseline in the store is not usable (%s): keeping %s", exc, self.baseline.baseline_id)
+    # -- the served model ---------------------------------------------------------------------
+    def set_model(self, class_names: tuple[str, ...], model_version: str | None = None) -> None:
+        """A new model is served: count its classes from now on and take a baseline made for
+        them (the store's, else none: the drift checks wait). See ``windows`` for the counts of
+        the previous model still in the windows."""
+        self.class_names = tuple(class_names)
+        self.windows.n_classes = len(self.class_names)
+        if model_version is not None:
+            self.model_version = model_version
+        self.baseline_keeper.set_model(self._served())
+
+    # -- the baseline (baseline_keeper.py) -----------------------------------------------------
+    def _served(self) -> Served:
+        return Served(self.class_names, self.model_version, self._now_ts)
 
     @property
-    def alpha(self) -> float:
-        return alpha_per_test(self.baseline.thresholds.alpha_per_day, self.config.check_interval_s)
+    def baseline(self) -> bl.Baseline | None:
+        return self.baseline_keeper.baseline
+
+    @property
+    def baseline_status(self) -> str:
+        return self.baseline_keeper.status
+
+    @property
+    def baseline_source(self) -> str:
+        """"given", "store", "learned", "shipped" or "none" (``BaselineKeeper.source``)."""
+        return self.baseline_keeper.source
+
+    @property
+    def judge_classes(self) -> bool:
+        """Whether the class checks judge class shares (``BaselineKeeper.judge_classes``)."""
+        return self.baseline_keeper.judge_classes
+
+    @property
+    def baseline_prefix(self) -> str:
+        return self.baseline_keeper.prefix
+
+    @property
+    def learning(self) -> Learning:
+        return self.baseline_keeper.learning
+
+    @property
+    def baseline_outbox(self) -> LearnedOutbox:
+        return self.baseline_keeper.outbox
+
+    def _learn(self, items: list[tuple[InferenceEvent, Features]]) -> None:
+        self.baseline_keeper.learn(items)
+
+    def take_baseline_events(self) -> list[BaselineEvent]:
+        """The takeover events claimed here since the last call: the service publishes each and
+        then calls ``baseline_published`` (``BaselineKeeper.take_events``)."""
+        return self.baseline_keeper.take_events()
+
+    def baseline_published(self, event: BaselineEvent) -> None:
+        self.baseline_keeper.published(event)
+
+    def unpublished_baseline_events(self) -> list[BaselineEvent]:
+        """A sweep's share (``BaselineKeeper.unpublished_events``)."""
+        return self.baseline_keeper.unpublished_events()
+
+    @property
+    def thresholds(self) -> bl.Thresholds:
+        if self.baseline is not None:
+            return self.baseline.thresholds
+        return bl.Thresholds().merged(self.config.overrides)
+
+    @property
+    def _kinds(self) -> tuple[str, ...]:
+        """The kinds of checks that run (and share the false-alarm budget)."""
+        return ("window", "sequential") if self.config.sequential else ("window",)
+
+    def alpha(self, check: str) -> float:
+        """``check``'s alpha per test: its share of the day's budget over a day of evaluations of
+        both windows (``registry.alpha_for``)."""
+        tests = registry.WINDOWS_PER_EVALUATION * 86_400 / max(self.config.check_interval_s, 1e-3)
+        return registry.alpha_for(check, self.thresholds.alpha_per_day, tests, self._kinds)
+
 
     # -- the one call -------------------------------------------------------------------------
+    def admit(self, event: InferenceEvent) -> None:
+        """Raise PoisonMessage for an event that passed the schema but cannot be this model's
+        prediction. A top-1 class the model lacks is not refused: it is counted
+        as unreadable (completeness), as the batch job counts it."""
+        n = len(event.output.predictions)
+        if n > self.num_classes:
+            raise PoisonMessage(f"{n} predictions for a model of {self.num_classes} classes "
+                                f"({self.model_version})")
+        # The windows follow event time: one event stamped next year would move "now" there and
+        # empty every time window until real time caught up.
+        ahead = event.time.timestamp() - self.wall_clock()
+        if ahead > MAX_CLOCK_SKEW_S:
+            raise PoisonMessage(f"event time {event.time.isoformat()} is {ahead:.0f} s ahead of this "
+                                f"monitor's clock (at most {MAX_CLOCK_SKEW_S} s of skew is accepted)")
+
+    def _features(self, event: InferenceEvent, report: bool = True) -> Features | None:
+        """The event's features, or None when it cannot be read as this model's prediction
+        (counted as unreadable, with a log line at most once a minute, and reported)."""
+        try:
+            f = features_of(event.output.predictions, self.thresholds.low_confidence)
+        except (ValueError, TypeError) as exc:
+            reason, detail = "no_predictions", str(exc)
+        else:
+            if 0 <= f.class_id < self.num_classes:
+                return f
+            reason = "class_out_of_range"
+            detail = (f"top-1 class id {f.class_id} is not one of the {self.num_classes} classes of model "
+                      f"{self.model_version} (event model_version {event.model_version})")
+        self.windows.record_unreadable(event.time.timestamp(), f"unreadable:{event.event_id}")
+        if self.clock() - self._unreadable_logged >= 60:
+            self._unreadable_logged = self.clock()
+            log.warning("event %s counted as unreadable: %s (logged at most once a minute)", event.event_id, detail)
+        if report and self.on_unreadable is not None:
+            self.on_unreadable(reason, event)
+        return None
+
     def observe(self, event: InferenceEvent) -> list[ViolationEvent]:
         if event.endpoint != self.config.endpoint:
             return []
-        f = features_of(event.output.predictions, self.baseline.thresholds.low_confidence)
-        self.windows.record(event, f)
+        f = self._features(event)
+        if f is not None:
+            self._count([(event, f)])
         self._now_ts = max(self._now_ts, event.time.timestamp())
         self.model_version = event.model_version
         self._since_check += 1
@@ -158,8 +303,9 @@ class Monitor:
         k = self.config.check_every_events
         for i in range(0, len(mine), k):
             part = mine[i:i + k]
-            low = self.baseline.thresholds.low_confidence
-            self.windows.record_many([(e, features_of(e.output.predictions, low)) for e in part])
+            readable = [(e, f) for e in part if (f := self._features(e)) is not None]
+            if readable:
+                self._count(readable)
             self._now_ts = max(self._now_ts, max(e.time.timestamp() for e in part))
             self.model_version = part[-1].model_version
             self._since_check += len(part)
@@ -170,6 +316,8 @@ class Monitor:
     def observe_unreadable(self, token: str, ts: float | None = None) -> list[ViolationEvent]:
         ts = ts if ts is not None else (self._now_ts or time.time())
         self.windows.record_unreadable(ts, f"unreadable:{token}")
+        if self.on_unreadable is not None:
+            self.on_unreadable("not_an_event", None)
         self._since_check += 1
         return self.tick()
 
@@ -177,7 +325,43 @@ class Monitor:
         """Count an event again after the state store lost the windows (no checks run)."""
         if event.endpoint != self.config.endpoint:
             return False
-        return self.windows.record(event, features_of(event.output.predictions, self.baseline.thresholds.low_confidence))
+        f = self._features(event, report=False)  # reported when it was first seen
+        return self._count([(event, f)], rebuild=True) == [True] if f is not None else False
+
+    def _count(self, readable: list[tuple[InferenceEvent, Features]], rebuild: bool = False) -> list[bool]:
+        """Count the readable events, but the frames that continue a track (``tracks``): one
+        object seen in many frames within seconds is one observation. A rebuild decides against
+        the frames it recounted, not the state's list (one read per event)."""
+        decisions = self.tracks.decide([(e, f.class_id) for e, f in readable], read_state=not rebuild)
+        counted = [item for item, d in zip(readable, decisions) if not d.folded]
+        applied = self.windows.record_many(counted) if counted else []
+        if not rebuild:  # a recount after a lost Redis: the sequential state was not lost
+            new = [item for item, fresh in zip(counted, applied) if fresh]
+            self._sequential_update(new)
+            self._learn(new)  # no baseline uploaded: learn one
+            if self.on_counted is not None:
+                for _, f in new:
+                    self.on_counted(f.class_id)
+        self.tracks.remember(write_state=not rebuild)  # after the counts: a crash never loses a frame
+        if self.on_folded is not None and not rebuild:
+            for by in ("hash", "name"):
+                if n := sum(d.by == by for d in decisions):
+                    self.on_folded(by, n)
+        return applied
+
+    # -- sequential checks (sequential.py), when config.sequential ------------------------------
+    def _sequential_update(self, items: list[tuple[InferenceEvent, Features]]) -> None:
+        if not self.config.sequential or self.baseline is None or not items:
+            return
+        if self.sequential is None or self.sequential.baseline_id != self.baseline.baseline_id:
+            shares = {name: share for name, share in registry.shares(self._kinds).items()
+                      if registry.get(name).kind == "sequential"}
+            self.sequential = SequentialChecks(self.baseline, shares=shares)  # a new baseline starts afresh
+            raw = self.state.get_value(sequential_key(self.config.endpoint))
+            if raw:
+                self.sequential.load_state(json.loads(raw))
+        for event, f in items:
+            self.sequential.update(f, event.time.timestamp())
 
     def claim_rebuild(self) -> bool:
         """One replica rebuilds the lost windows; the others go on counting."""
@@ -205,145 +389,103 @@ class Monitor:
         return self.evaluate()
 
     def evaluate(self) -> list[ViolationEvent]:
-        self._maybe_reload_baseline()
+        self.baseline_keeper.maybe_reload(self._served())
+        self.baseline_keeper.maybe_take_over_learned(self._served())
         now = self._now_ts or time.time()
         tipping = self._tipping
         self._since_check, self._last_check = 0, self.clock()
         windows = [self.windows.time_window(now), self.windows.count_window()]
-        results = [r for w in windows for r in run_checks(w, self.baseline, self.alpha, self.class_names)]
+        judge = self.judge_classes
+        results = [r for w in windows for r in run_checks(w, self.baseline, self.alpha, self.class_names,
+                                                          self.thresholds, judge_classes=judge)]
+        if self.sequential is not None and self.baseline is not None \
+                and self.sequential.baseline_id == self.baseline.baseline_id:
+            results += [r for r in self.sequential.results() if registry.get(r.name).runs(True, judge)]
         self.last = Evaluation(now, windows, results, estimated_accuracy(windows[0], self.baseline))
+        rate = windows[0].total / max(1, windows[0].seconds or self.config.window_s)  # predictions a second
+        context = EvaluationContext(self.baseline, self.sequential, self.class_names, self.model_version,
+                                    self._now_ts)
         out: list[ViolationEvent] = []
-        for check, feature in CHECK_FEATURES:
-            mine = [r for r in results if r.name == check]
+        for group in INCIDENTS:
+            mine = [r for r in results if registry.get(r.name).incident == group]
+            if not mine:
+                continue  # nothing of the group ran (no baseline): an open incident stays open
             failing = [r for r in mine if r.failing]
-            record = self.episodes.get(check, feature)
-            if failing:
-                if record is not None:
-                    self.episodes.refresh(record, now)
-                    continue
-                worst = min(failing, key=lambda r: (r.p_value if r.p_value is not None else 0.0, -(r.observed or 0)))
-                violation = self._violation(worst, windows, tipping)
-                if self.episodes.claim(check, feature, violation.violation_id, now, _iso(now)):
-                    out.append(violation)
-            elif record is not None and self.episodes.resolve_if_due(record, now):
-                out.append(self._resolved(record, mine, now))
+            unclear = failing or [r for r in mine if not registry.get(r.name).is_clear(r)]
+            record = self.incidents.get(group)
+            if record is None:
+                if failing:
+                    violation = self.violations.violation(failing, windows, tipping, context)
+                    if self.incidents.claim(group, violation.checks, violation, now, _iso(now)):
+                        out.append(violation)
+            elif unclear:
+                self.incidents.refresh(record, now, names_in_order(failing))
+            elif self.incidents.due_to_resolve(record, now, rate):
+                resolved = self.violations.resolved(record, mine, context)
+                if self.incidents.resolve(record, resolved):
+                    out.append(resolved)
         if self.clock() - self._last_snapshot >= self.config.snapshot_interval_s or out:
             self._write_snapshot(now)
         return out
 
-    def release(self, violation: ViolationEvent) -> None:
-        """The violation could not be published: let the next evaluation raise it again."""
-        if violation.state == "open":
-            self.episodes.release(violation.check_name, violation.check.feature_name)
+    def published(self, violation: ViolationEvent) -> None:
+        """The bus acknowledged ``violation`` (or can never take it): its outbox entry is done.
+        One that is not (a publish failed, the process died) is re-published by a sweep."""
+        self.incidents.outbox.done(violation)
 
-    # -- violations ---------------------------------------------------------------------------
-    def _samples(self, result: CheckResult, counts: WindowCounts) -> list[ViolationSample]:
-        if result.name == "completeness":
-            return []
-        if result.class_id is not None and result.name in ("over_prediction", "class_drift_linf"):
-            raw = self.windows.samples(result.class_id)
-        elif result.name == "class_drift_chi2":
-            diff = counts.class_counts / max(1, counts.total) - self.baseline.class_shares
-            raw = self.windows.samples(int(np.argmax(diff)))
-        else:
-            raw = self.windows.samples(None) or self.windows.samples(int(np.argmax(counts.class_counts)))
-        out = []
-        for s in raw[: min(self.config.samples_per_class, MAX_VIOLATION_SAMPLES)]:
-            try:
-                out.append(self._by_reference(s))
-            except (ValueError, KeyError, TypeError) as exc:
-                log.warning("sample %s left out: %s", s.get("event_id"), exc)
-        return out
-
-    def _by_reference(self, s: dict) -> ViolationSample:
-        inp = s["input"]
-        ref = inp.get("ref")
-        if ref is None:  # inline in the event: move the bytes to the store, content-addressed
-            raw = base64.b64decode(inp["data"])
-            if hashlib.sha256(raw).hexdigest() != inp["sha256"]:
-                raise ValueError("inline input does not match its sha256")
-            ref = f"inputs/{self.config.endpoint}/samples/{inp['sha256']}.{EXTENSIONS.get(inp['content_type'], 'bin')}"
-            if not self.store.exists(ref):
-                self.store.put(ref, raw, inp["content_type"])
-        return ViolationSample(event_id=s["event_id"], ref=ref, sha256=inp["sha256"], size=int(inp["size"]),
-                               content_type=inp["content_type"], predicted_class=int(s["predicted_class"]),
-                               probability=float(s["probability"]))
-
-    def _violation(self, r: CheckResult, windows: list[WindowCounts], tipping: InferenceEvent | None) -> ViolationEvent:
-        counts = next(w for w in windows if w.kind == r.window)
-        now = self._now_ts or time.time()
-        window = ViolationWindow(kind=r.window, seconds=counts.seconds, size=counts.size,
-                                 start=datetime.fromtimestamp(now - counts.seconds, timezone.utc) if counts.seconds else None,
-                                 end=datetime.fromtimestamp(now, timezone.utc))
-        check = ViolationCheck(feature_name=r.feature, constraint_check_type=r.check_type, description=r.description)
-        share = r.count / r.n if r.n and r.name in ("over_prediction", "class_drift_linf", "low_confidence") else None
-        base = dict(endpoint=self.config.endpoint, variant=self.config.variant, model_version=self.model_version,
-                    check=check, check_name=r.name, class_id=r.class_id if r.name == "over_prediction" else None,
-                    share=round(share, 6) if share is not None else None, observed=r.observed,
-                    statistic=r.statistic, p_value=r.p_value, threshold=r.threshold, count=r.count, total=r.n,
-                    window_seconds=counts.seconds or 0, window=window, baseline_id=self.baseline.baseline_id,
-                    tipped_at=tipping.time if tipping else None)
-        draft = ViolationEvent(**base)
-        report = (f"{self.config.reports_prefix}/{self.config.endpoint}/violations/"
-                  f"{draft.time:%Y/%m/%d/%H}/{draft.violation_id}/constraint_violations.json")
-        samples = self._samples(r, counts)
-        violation = draft.model_copy(update={"samples": samples, "report": report})
-        while len(violation.to_bytes()) > MAX_VIOLATION_BYTES and violation.samples:  # never over the limit
-            violation = violation.model_copy(update={"samples": violation.samples[: len(violation.samples) // 2]})
-        self.store.put(report, json.dumps({"violations": [check.model_dump()]}, indent=2).encode(), "application/json")
-        return violation
-
-    def _resolved(self, record: dict, results: list[CheckResult], now: float) -> ViolationEvent:
-        r = min(results, key=lambda r: r.p_value if r.p_value is not None else 1.0)
-        check = ViolationCheck(feature_name=record["feature"], constraint_check_type=r.check_type,
-                               description=f"{record['check']} passed again since {_iso(record['last_failing'])}")
-        return ViolationEvent(violation_id=record["violation_id"], state="resolved", endpoint=self.config.endpoint,
-                              variant=self.config.variant, model_version=self.model_version, check=check,
-                              check_name=record["check"], observed=r.observed, statistic=r.statistic,
-                              p_value=r.p_value, threshold=r.threshold, count=r.count, total=r.n,
-                              window_seconds=self.config.window_s, baseline_id=self.baseline.baseline_id)
+    @property
+    def _baseline_id(self) -> str | None:
+        return self.baseline.baseline_id if self.baseline is not None else None
 
     # -- snapshot -----------------------------------------------------------------------------
     def snapshot(self, now: float) -> dict:
         ev = self.last
         b = self.baseline
         by = {(r.name, r.window): r for r in ev.results} if ev else {}
-        tw = ev.windows[0] if ev else WindowCounts.empty("time", len(self.class_names), seconds=self.config.window_s)
-        cw = ev.windows[1] if ev else WindowCounts.empty("count", len(self.class_names), size=self.config.count_n)
+        tw = ev.windows[0] if ev else WindowCounts.empty("time", self.num_classes, seconds=self.config.window_s)
+        cw = ev.windows[1] if ev else WindowCounts.empty("count", self.num_classes, size=self.config.count_n)
 
-        def stat(name: str, p: bool = True) -> dict:
-            r = by.get((name, "time"))
-            out = {"statistic": r.statistic if r else None}
-            return out | {"p_value": r.p_value if r else None} if p else out
+        def stat(name: str) -> dict:  # n and judged: the page says why a test has no figure yet
+            r = by[(name, "time")]
+            return {"statistic": r.statistic, "p_value": r.p_value, "n": r.n, "judged": r.judged}
 
         def window(w: WindowCounts) -> dict:
             return {"seconds": w.seconds, "size": w.size, "total": int(w.total),
                     "class_counts": {str(c): int(n) for c, n in enumerate(w.class_counts) if n},
-                    "low_confidence_share": round(w.low_confidence_share, 6), "unreadable": int(w.unreadable)}
+                    "low_confidence_share": round(w.low_confidence_share, 6), "unreadable": int(w.unreadable),
+                    "other_classes": int(w.other_classes)}
 
-        episodes = []
-        for check, feature in CHECK_FEATURES:
-            rec = self.episodes.get(check, feature)
-            if rec:
-                episodes.append({"check": check, "feature": feature, "state": "open",
-                                 "violation_id": rec["violation_id"], "since": rec["since"]})
-        for rec in self.episodes.recently_resolved()[:10]:
-            episodes.append({"check": rec["check"], "feature": rec["feature"], "state": "resolved",
-                             "violation_id": rec["violation_id"], "since": rec["since"]})
+        incidents = []
+        for group in INCIDENTS:
+            if rec := self.incidents.get(group):
+                incidents.append({"group": group, "check": rec["checks"][0], "checks": rec["checks"],
+                                  "state": "open", "violation_id": rec["violation_id"], "since": rec["since"]})
+        for rec in self.incidents.recently_resolved()[:10]:
+            incidents.append({"group": rec["group"], "check": rec["checks"][0], "checks": rec["checks"],
+                              "state": "resolved", "violation_id": rec["violation_id"], "since": rec["since"]})
         return {
-            "endpoint": self.config.endpoint, "time": _iso(now), "baseline_id": b.baseline_id,
-            "model_version": self.model_version,
+            "endpoint": self.config.endpoint, "time": _iso(now), "baseline_id": self._baseline_id,
+            "model_version": self.model_version, "num_classes": self.num_classes,
             "window": window(tw), "count_window": window(cw),
             "baseline": {"class_shares": {str(c): round(float(s), 6) for c, s in enumerate(b.class_shares)},
                          "low_confidence_share": round(b.low_confidence_share, 6),
-                         "accuracy": b.accuracy, "item_count": b.item_count},
-            "drift": {"chi2": stat("class_drift_chi2"), "linf": stat("class_drift_linf", p=False),
-                      "ks_confidence": stat("ks_confidence"), "ks_margin": stat("ks_margin")},
+                         "accuracy": b.accuracy, "item_count": b.item_count,
+                         "model": b.model} if b is not None else None,
+            "baseline_status": self.baseline_status,
+            "drift": {k.name: stat(k.name) for k in CHECKS if k.kind == "window" and k.budget_share
+                      and (k.name, "time") in by},
             "estimated_accuracy": ev.estimated_accuracy if ev else None,
-            "alpha_per_test": self.alpha,
-            "episodes": episodes,
+            "alpha_per_test": {k.name: self.alpha(k.name) for k in CHECKS if k.kind == "window" and k.budget_share},
+            # the highest log S (nats) since the evaluation before: a check that alarmed restarted from 0
+            "sequential": {k.name: by[(k.name, "count")].statistic for k in CHECKS
+                           if k.kind == "sequential" and (k.name, "count") in by} or None,
+            "incidents": incidents,
         }
 
     def _write_snapshot(self, now: float) -> None:
         self._last_snapshot = self.clock()
+        if self.sequential is not None:  # a restarted monitor goes on from here (losing it is safe)
+            self.state.set_value(sequential_key(self.config.endpoint), json.dumps(self.sequential.to_state()),
+                                 7 * 86_400)
         self.state.set_value(snapshot_key(self.config.endpoint), json.dumps(self.snapshot(now)), 86_400)
+

@@ -1,9 +1,14 @@
-"""Reference predictions for a baseline: the model over images, or captured records."""
+"""Reference predictions for a baseline: the model over images (rendered, GTSRB, or a labelled
+folder of the user's own), or captured records."""
 
 from __future__ import annotations
 
+import base64
 import json
-from datetime import datetime
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,6 +34,69 @@ def predict_top(model, spec, images: np.ndarray, k: int = 5, batch_size: int = 1
     return np.concatenate(ids), np.concatenate(probs)
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".bmp", ".webp")
+
+
+class LabelledFolderError(ValueError):
+    """The folder is not one sub-folder of images per label of the model."""
+
+
+class _LazyImages(Sequence):
+    """Images decoded when a batch asks for them (a folder may hold more than fits in memory)."""
+
+    def __init__(self, files: list[Path]) -> None:
+        self.files = files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self._read(f) for f in self.files[i]]
+        return self._read(self.files[i])
+
+    @staticmethod
+    def _read(path: Path) -> np.ndarray:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as img:
+                return np.array(img.convert("RGB"))
+        except (OSError, UnidentifiedImageError) as exc:
+            raise LabelledFolderError(f"{path} is not a readable image: {exc}") from None
+
+
+def images_from_folders(folder: Path, class_names: tuple[str, ...], limit: int | None = None
+                        ) -> tuple[Sequence[np.ndarray], np.ndarray]:
+    """(images, class ids) from ``folder/<label>/*.png`` (or ``folder/<class id>/...``), the
+    labels being the model's; at most ``limit`` images, spread evenly over the sorted files."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise LabelledFolderError(f"--images {folder} is not a folder")
+    by_name = {name: i for i, name in enumerate(class_names)}
+    files, ids, unknown = [], [], []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        c = by_name.get(sub.name)
+        if c is None and sub.name.isdigit() and int(sub.name) < len(class_names):
+            c = int(sub.name)
+        if c is None:
+            unknown.append(sub.name)
+            continue
+        found = sorted(f for f in sub.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+        files += found
+        ids += [c] * len(found)
+    if unknown:
+        raise LabelledFolderError(f"sub-folders of {folder} that name no class of the model: {unknown[:8]} "
+                                  f"(name each by a label, e.g. {class_names[0]!r}, or a class id 0.."
+                                  f"{len(class_names) - 1})")
+    if not files:
+        raise LabelledFolderError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in sub-folders of {folder}")
+    if limit is not None and len(files) > limit:
+        keep = np.linspace(0, len(files) - 1, limit).round().astype(int)
+        files, ids = [files[i] for i in keep], [ids[i] for i in keep]
+    return _LazyImages(files), np.array(ids)
+
+
 def features_from_top(ids: np.ndarray, probs: np.ndarray) -> list[Features]:
     return [features_of([{"class_id": int(c), "probability": float(p)} for c, p in zip(ri, rp)])
             for ri, rp in zip(ids, probs)]
@@ -41,9 +109,29 @@ def record_time(record: dict) -> datetime | None:
         return None
 
 
+@dataclass(frozen=True)
+class CapturedFrame:
+    """One captured record as the tracks see a frame (``signwatch.monitoring.tracks``)."""
+
+    time: datetime
+    features: Features
+    custom_attributes: str | None
+    image_hash: str | None  # of the captured image's pixels, as the serving core computed it
+
+
 def features_from_capture(files: list[bytes], start: datetime | None = None, end: datetime | None = None
                           ) -> tuple[list[Features], int]:
     """Features of the captured records in [start, end), and how many records could not be read."""
+    frames, unreadable = captured_frames(files, start, end, hashes=False)
+    return [f.features for f in frames], unreadable
+
+
+def captured_frames(files: list[bytes], start: datetime | None = None, end: datetime | None = None,
+                    hashes: bool = True) -> tuple[list[CapturedFrame], int]:
+    """The captured records of [start, end) in time order (file order within a second), and how
+    many could not be read. ``hashes``: the perceptual hash of each captured image, decoded as the
+    serving core decoded it (SageMaker's record has no field for it; an input that is not one
+    image, a batch or a tensor, gets none and is never folded)."""
     out, unreadable = [], 0
     for data in files:
         records, bad = read_capture_lines(data)
@@ -53,7 +141,23 @@ def features_from_capture(files: list[bytes], start: datetime | None = None, end
             if t is not None and ((start and t < start) or (end and t >= end)):
                 continue
             try:
-                out.append(features_of(json.loads(record["captureData"]["endpointOutput"]["data"])["predictions"]))
+                f = features_of(json.loads(record["captureData"]["endpointOutput"]["data"])["predictions"])
             except (ValueError, KeyError, TypeError, IndexError):
                 unreadable += 1
+                continue
+            meta = record.get("eventMetadata") or {}
+            out.append(CapturedFrame(t or datetime.min.replace(tzinfo=timezone.utc), f, meta.get("customAttributes"),
+                                     _image_hash(record) if hashes else None))
+    out.sort(key=lambda frame: frame.time)
     return out, unreadable
+
+
+def _image_hash(record: dict) -> str | None:
+    from signwatch.imaging import ImageError, decode_images, perceptual_hash
+
+    data = record["captureData"]["endpointInput"]
+    try:
+        images = decode_images(base64.b64decode(data["data"]), data.get("observedContentType"))
+    except (ImageError, ValueError, KeyError, TypeError):
+        return None
+    return perceptual_hash(images[0]) if len(images) == 1 else None

@@ -12,13 +12,20 @@ seeing it again, counts nothing): a handful of increments and two capped pushes.
 recent inputs per class (and of low-confidence ones) are kept beside, by reference when the
 event used a claim check, inline otherwise; the monitor moves inline ones to the store only
 when a violation needs them.
+
+The windows belong to the endpoint, not to one model: ``n_classes`` is the served model's class
+count, which the monitor changes when a new model is served. Counts of class ids the new model
+does not have (left by the previous model) are then kept out of the class counts and the total
+(``other_classes``; the time window's confidence bins, not kept per class, still hold them) until
+they leave the window; the monitor never records such an id for the current model (it counts
+that event as unreadable instead).
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -38,7 +45,7 @@ class Windows:
     bucket_s: int = 10
     count_n: int = 200
     samples_per_class: int = 8
-    n_classes: int = 43
+    n_classes: int = field(kw_only=True)  # the served model's, never a default
 
     @property
     def ttl_s(self) -> int:
@@ -90,14 +97,17 @@ class Windows:
         first = (int(now_ts) - self.window_s) // self.bucket_s + 1
         hashes = self.state.get_counts([self.bucket_key(b) for b in range(first, last + 1)])
         classes, conf, margin = np.zeros(self.n_classes), np.zeros(N_BINS), np.zeros(N_BINS)
-        total = low = unreadable = conf_sum = 0
+        total = low = unreadable = conf_sum = other = 0
         for h in hashes:
             for name, v in h.items():
                 kind, _, idx = name.partition(":")
                 if kind == "total":
                     total += v
-                elif kind == "class" and 0 <= int(idx) < self.n_classes:
-                    classes[int(idx)] += v
+                elif kind == "class":
+                    if 0 <= int(idx) < self.n_classes:
+                        classes[int(idx)] += v
+                    else:
+                        other += v
                 elif kind == "conf":
                     conf[int(idx)] += v
                 elif kind == "margin":
@@ -108,21 +118,24 @@ class Windows:
                     unreadable += v
                 elif kind == "conf_sum":
                     conf_sum += v
-        return WindowCounts("time", total, classes, conf, margin, low, conf_sum / CONF_SCALE,
-                            unreadable=unreadable, seconds=self.window_s)
+        return WindowCounts("time", total - other, classes, conf, margin, low, conf_sum / CONF_SCALE,
+                            unreadable=unreadable, seconds=self.window_s, other_classes=other)
 
     def count_window(self) -> WindowCounts:
         entries = self.state.get_list(self.recent_key)[: self.count_n]
         classes, conf, margin = np.zeros(self.n_classes), np.zeros(N_BINS), np.zeros(N_BINS)
-        low = 0
+        low = other = 0
         for e, n in Counter(entries).items():  # few distinct entries: parse each once
             c, cb, mb, lo = (int(x) for x in e.split(",")[:4])
-            if 0 <= c < self.n_classes:
-                classes[c] += n
+            if not 0 <= c < self.n_classes:
+                other += n
+                continue
+            classes[c] += n
             conf[cb] += n
             margin[mb] += n
             low += lo * n
-        return WindowCounts("count", len(entries), classes, conf, margin, low, 0.0, size=self.count_n)
+        return WindowCounts("count", len(entries) - other, classes, conf, margin, low, 0.0, size=self.count_n,
+                            other_classes=other)
 
     def samples(self, class_id: int | None) -> list[dict]:
         return [json.loads(s) for s in self.state.get_list(self.samples_key(class_id))]

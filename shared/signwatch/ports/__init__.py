@@ -26,18 +26,60 @@ class UnsupportedURL(ValueError):
     pass
 
 
+# The query options each adapter reads. Any other is refused at start: a misspelt or unsupported
+# option (``?security_protocol=SASL_SSL``) must not be silently ignored and leave a connection in
+# plaintext that its operator believes encrypted.
+URL_OPTIONS: dict[str, frozenset[str]] = {
+    "kafka": frozenset({"linger_ms"}),
+    "s3": frozenset({"endpoint", "region"}),
+    "file": frozenset(),
+    "memory": frozenset(),
+}
+
+
+def _query(url: str, parsed) -> dict[str, list[str]]:
+    """The URL's query options, refusing any its adapter does not read."""
+    query = parse_qs(parsed.query, keep_blank_values=True)
+    unknown = sorted(set(query) - URL_OPTIONS.get(parsed.scheme, frozenset(query)))
+    if unknown:
+        known = ", ".join(sorted(URL_OPTIONS[parsed.scheme])) or "none"
+        raise UnsupportedURL(f"{parsed.scheme}:// URL option(s) {', '.join(unknown)} not supported "
+                             f"(supported: {known}): {_redacted(url)}")
+    return query
+
+
+def _redacted(url: str) -> str:
+    """The URL without a password, for messages."""
+    parsed = urlparse(url)
+    if parsed.password is None:
+        return url
+    return parsed._replace(netloc=parsed.netloc.replace(f":{parsed.password}@", ":***@")).geturl()
+
+
+def check_url(port: str, url: str) -> None:
+    """Raise UnsupportedURL unless ``url`` names an adapter of ``port`` (bus, store, state) with only
+    the options it reads: settings call this so that a bad URL stops a service at start."""
+    parsed = urlparse(url)
+    schemes = {"bus": ("kafka", "memory"), "store": ("s3", "file"), "state": ("redis", "rediss", "unix", "memory")}
+    if parsed.scheme not in schemes[port]:
+        raise UnsupportedURL(f"{port} URL must be {' or '.join(s + '://' for s in schemes[port])}, "
+                             f"got {_redacted(url)!r}")
+    _query(url, parsed)  # redis:// options are redis-py's own (from_url): not checked here
+
+
 def open_bus(url: str) -> EventBus:
     parsed = urlparse(url)
     if parsed.scheme == "memory":
         from signwatch.ports.bus_memory import MemoryBus
 
+        _query(url, parsed)
         return MemoryBus(name=(parsed.netloc + parsed.path) or "default")
     if parsed.scheme == "kafka":
         from signwatch.ports.bus_kafka import LINGER_MS, MAX_LINGER_MS, KafkaBus
 
         if not parsed.netloc:
             raise UnsupportedURL(f"kafka URL needs host:port: {url!r}")
-        query = parse_qs(parsed.query)
+        query = _query(url, parsed)
         try:
             linger = int(query.get("linger_ms", [LINGER_MS])[0])
         except ValueError:
@@ -63,7 +105,7 @@ def open_store(url: str, access_key: str | None = None, secret_key: str | None =
 
         if not parsed.netloc:
             raise UnsupportedURL(f"s3 URL needs a bucket: {url!r}")
-        query = parse_qs(parsed.query)
+        query = _query(url, parsed)
         endpoint = query.get("endpoint", [None])[0]
         return S3Store(
             bucket=parsed.netloc, endpoint=endpoint, access_key=access_key,

@@ -7,13 +7,18 @@ Semantics every adapter keeps (tests/contract/test_bus_contract.py checks both):
 - Nothing is committed implicitly: ``commit`` is called after the work is durable, so a
   consumer that dies before committing sees the same messages again.
 - Messages with the same key land on the same partition, in order.
+- Headers given to ``publish`` (name -> text or bytes) come back on the ``Message`` as bytes, in
+  the order given (Kafka record headers; the dead-letter topics say who refused what with them).
 """
 
 from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Mapping, Protocol
+
+
+Headers = Mapping[str, str | bytes]
 
 
 @dataclass(frozen=True)
@@ -24,6 +29,17 @@ class Message:
     key: str | None
     value: bytes
     timestamp_ms: int
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+    def header(self, name: str) -> bytes | None:
+        """The last value of header ``name``, or None."""
+        found = [v for k, v in self.headers if k == name]
+        return found[-1] if found else None
+
+
+def encode_headers(headers: Headers | None) -> tuple[tuple[str, bytes], ...]:
+    """Headers as the wire carries them: (name, bytes) pairs, text in UTF-8."""
+    return tuple((k, v.encode() if isinstance(v, str) else bytes(v)) for k, v in (headers or {}).items())
 
 
 class PublishError(RuntimeError):
@@ -54,7 +70,8 @@ class EventBus(Protocol):
     def ensure_topics(self, topics: list[str], partitions: int) -> None: ...
 
     def publish(
-        self, topic: str, key: str, value: bytes, on_delivery: DeliveryCallback | None = None
+        self, topic: str, key: str, value: bytes, on_delivery: DeliveryCallback | None = None,
+        headers: Headers | None = None,
     ) -> None: ...
 
     def flush(self, timeout_s: float = 10.0) -> None: ...

@@ -23,7 +23,9 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from signwatch.ports.bus import DeliveryCallback, Message, MessageTooLarge, PublishError, next_offsets
+from signwatch.ports.bus import (
+    DeliveryCallback, Headers, Message, MessageTooLarge, PublishError, encode_headers, next_offsets,
+)
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +111,8 @@ class KafkaConsumerAdapter:
         for records in batches.values():
             for r in records:
                 key = r.key.decode() if isinstance(r.key, bytes) else r.key
-                out.append(Message(r.topic, r.partition, r.offset, key, r.value, r.timestamp))
+                headers = tuple((k, bytes(v or b"")) for k, v in (r.headers or ()))
+                out.append(Message(r.topic, r.partition, r.offset, key, r.value, r.timestamp, headers))
         out.sort(key=lambda m: (m.topic, m.partition, m.offset))
         return out
 
@@ -211,7 +214,8 @@ class KafkaBus:
             admin.close()
 
     def publish(
-        self, topic: str, key: str, value: bytes, on_delivery: DeliveryCallback | None = None
+        self, topic: str, key: str, value: bytes, on_delivery: DeliveryCallback | None = None,
+        headers: Headers | None = None,
     ) -> None:
         if len(value) > MAX_MESSAGE_BYTES:
             raise MessageTooLarge(f"message of {len(value)} bytes exceeds {MAX_MESSAGE_BYTES}")
@@ -221,7 +225,8 @@ class KafkaBus:
                 on_delivery(None if err is None else PublishError(str(err)))
 
         try:
-            self.producer.produce(topic, value=value, key=key.encode(), on_delivery=report)
+            self.producer.produce(topic, value=value, key=key.encode(), on_delivery=report,
+                                  headers=list(encode_headers(headers)) or None)
         except BufferError as exc:  # the client's queue is full: the caller retries later
             raise PublishError(f"producer queue full: {exc}") from exc
         except Exception as exc:  # noqa: BLE001 - KafkaException and friends

@@ -10,7 +10,7 @@ import threading
 import time
 from collections import defaultdict
 
-from signwatch.ports.bus import DeliveryCallback, Message, next_offsets, partition_for
+from signwatch.ports.bus import DeliveryCallback, Headers, Message, encode_headers, next_offsets, partition_for
 
 
 class _Broker:
@@ -101,14 +101,16 @@ class MemoryBus:
             self._broker.ensure(t, partitions)
 
     def publish(
-        self, topic: str, key: str, value: bytes, on_delivery: DeliveryCallback | None = None
+        self, topic: str, key: str, value: bytes, on_delivery: DeliveryCallback | None = None,
+        headers: Headers | None = None,
     ) -> None:
         self._broker.ensure(topic, self._default_partitions)
         with self._broker.lock:
             parts = self._broker.topics[topic]
             p = partition_for(key, len(parts))
             parts[p].append(
-                Message(topic, p, len(parts[p]), key, bytes(value), int(time.time() * 1000))
+                Message(topic, p, len(parts[p]), key, bytes(value), int(time.time() * 1000),
+                        encode_headers(headers))
             )
             self._broker.lock.notify_all()
         if on_delivery:

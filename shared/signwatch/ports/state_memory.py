@@ -6,7 +6,7 @@ import threading
 import time
 from typing import Any
 
-from signwatch.ports.state import Increment, Push
+from signwatch.ports.state import Increment, OutboxEntry, Push
 
 
 class MemoryState:
@@ -78,6 +78,32 @@ class MemoryState:
         with self._lock:
             value = self._data[key] if self._live(key) else None
             return value if isinstance(value, str) else None
+
+    def claim(self, key: str, value: str, ttl_s: int, entry: OutboxEntry, delete: tuple[str, ...] = ()) -> bool:
+        with self._lock:
+            if self._live(key):
+                return False
+            self._data[key] = value
+            self._expire(key, max(1, ttl_s))
+            box = self._data[entry.outbox] if self._live(entry.outbox) else {}
+            box[entry.entry_id] = entry.value
+            self._data[entry.outbox] = box
+            self._expire(entry.outbox, max(1, entry.ttl_s))
+            self._data[entry.lease] = "1"
+            self._expire(entry.lease, max(1, entry.lease_s))
+            for k in delete:
+                self._data.pop(k, None)
+                self._expiry.pop(k, None)
+            return True
+
+    def outbox(self, key: str) -> dict[str, str]:
+        with self._lock:
+            return dict(self._data[key]) if self._live(key) else {}
+
+    def outbox_done(self, key: str, entry_id: str) -> None:
+        with self._lock:
+            if self._live(key):
+                self._data[key].pop(entry_id, None)
 
     def delete(self, *keys: str) -> None:
         with self._lock:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import redis
 
-from signwatch.ports.state import Increment, Push
+from signwatch.ports.state import Increment, OutboxEntry, Push
 
 # KEYS[1] = token; then the increment keys; then the push keys.
 # ARGV = token_ttl, n_incr, (field, amount, ttl) * n_incr, (value, max_len, ttl) * n_push
@@ -36,6 +36,21 @@ end
 return 1
 """
 
+# KEYS[1] = the claimed key, KEYS[2] = the outbox hash, KEYS[3] = the entry's lease, then keys to delete.
+# ARGV = value, ttl, entry id, entry value, outbox ttl, lease ttl
+_CLAIM = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) == false then
+  return 0
+end
+redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+redis.call('SET', KEYS[3], '1', 'EX', ARGV[6])
+for i = 4, #KEYS do
+  redis.call('DEL', KEYS[i])
+end
+return 1
+"""
+
 
 class RedisState:
     def __init__(self, url: str) -> None:
@@ -44,6 +59,7 @@ class RedisState:
             health_check_interval=30, retry_on_timeout=True,
         )
         self._apply = self._client.register_script(_APPLY_ONCE)
+        self._claim = self._client.register_script(_CLAIM)
 
     @staticmethod
     def _script_args(token: str, token_ttl_s: int, increments: list[Increment], pushes: list[Push]):
@@ -88,6 +104,18 @@ class RedisState:
 
     def get_value(self, key: str) -> str | None:
         return self._client.get(key)
+
+    def claim(self, key: str, value: str, ttl_s: int, entry: OutboxEntry, delete: tuple[str, ...] = ()) -> bool:
+        """One Lua script: the claim, its outbox entry and lease are all written or none."""
+        keys = [key, entry.outbox, entry.lease, *delete]
+        args = [value, max(1, ttl_s), entry.entry_id, entry.value, max(1, entry.ttl_s), max(1, entry.lease_s)]
+        return bool(self._claim(keys=keys, args=args))
+
+    def outbox(self, key: str) -> dict[str, str]:
+        return self._client.hgetall(key)
+
+    def outbox_done(self, key: str, entry_id: str) -> None:
+        self._client.hdel(key, entry_id)
 
     def delete(self, *keys: str) -> None:
         if keys:

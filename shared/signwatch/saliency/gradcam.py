@@ -26,6 +26,13 @@ def _contains_conv(module: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in module.modules())
 
 
+def _registered_layer(model: nn.Module) -> str | None:
+    from signwatch.model.architectures import of_model  # when needed: the model package imports data, ...
+
+    arch = of_model(model)
+    return arch.gradcam_layer(model) if arch is not None else None
+
+
 def _resolve_layer(model: nn.Module, layer: nn.Module | str) -> nn.Module:
     if isinstance(layer, str):
         modules = dict(model.named_modules())
@@ -40,10 +47,13 @@ def gradcam(
 ) -> torch.Tensor:
     """Grad-CAM maps, (B, 1, H, W) in [0, 1] per sample.
 
-    ``layer`` (a module or its dotted name) defaults to the last block, in execution order, that
-    contains a Conv2d and yields a 4-D output: ``layer4`` for ResNet, ``features`` for VGG. That
-    is found while the forward runs, by module type rather than by attribute names.
+    ``layer`` (a module or its dotted name) defaults to the registry's layer for a model of a
+    registered architecture (``signwatch.model.architectures``: ``layer4`` for ResNet, the last
+    ReLU of ``features`` for VGG, ...). For any other model it is the last block, in execution
+    order, that contains a Conv2d and yields a 4-D output, found while the forward runs.
     """
+    if layer is None:
+        layer = _registered_layer(model)
     explicit = _resolve_layer(model, layer) if layer is not None else None
     owner = threading.get_ident()
     seen: list[tuple[torch.Tensor, int]] = []

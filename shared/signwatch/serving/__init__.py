@@ -1,16 +1,20 @@
-"""Serving: the one inference core every transport calls, and SageMaker's runtime API shapes.
+"""Serving: one inference core, and a thin module per protocol in front of it.
 
     service = InferenceService(settings, classifier, publisher, registry)  # owns the micro-batcher
-    answer = await service.invoke(Invocation(body, content_type, inference_id=..., custom_attributes=...))
-    # answer.body: the response bytes; answer.event_ids: one event per image
-    service.publish(answer)  # once the answer is sent: its events go to the publisher
+    result = await service.infer(InferenceRequest([ImageInput.encoded(png, "png")], inference_id=...))
+    # result.predictions / .probabilities / .outputs / .event_ids: one of each per image
+    service.publish(result)  # once the answer is sent: its events go to the publisher
 
-Validation, decoding (never on the event loop: in the forward worker with its batch, or for
-``.npy`` bodies in a bounded thread pool), prediction (the bounded micro-batcher), the response bytes and the events are built in one place
-(``core.py``); an HTTP route only reads the body, calls ``invoke`` and maps ``InvocationError``
-to its protocol (``sagemaker.py`` for the runtime API's error shapes).
+The core (``core.py``) takes images (decoded arrays, or PNG/JPEG bytes the forward worker decodes
+with its batch) and request metadata, bounds admission, predicts (the bounded micro-batcher) and
+builds one event per image; its errors (``ServingError``) carry a kind and a reason, no HTTP
+status. Each protocol parses its request into images, shapes the result into its response and
+maps the errors to its statuses: ``container.py`` (SageMaker's container contract,
+``/invocations``), ``sagemaker.py`` (SageMaker's runtime API, on top of the container's parsing),
+``v2.py`` (the Open Inference Protocol, ``/v2/...``). A transport only reads the body within the
+limits and dispatches (``services/inference/invocations.py``).
 """
 
-from signwatch.serving.core import Answer, Invocation, InvocationError, InferenceService
+from signwatch.serving.core import ImageInput, InferenceRequest, InferenceResult, InferenceService, ServingError
 
-__all__ = ["Answer", "Invocation", "InvocationError", "InferenceService"]
+__all__ = ["ImageInput", "InferenceRequest", "InferenceResult", "InferenceService", "ServingError"]

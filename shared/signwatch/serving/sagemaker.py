@@ -6,11 +6,15 @@ The answer: the body, ``Content-Type``, ``X-Amzn-Invoked-Production-Variant`` an
 attributes echoed. Errors follow the rest-json protocol botocore parses: the error code in the
 ``x-amzn-ErrorType`` header, a top-level ``message``, and the shape's members (ModelError's
 ``OriginalStatusCode`` / ``OriginalMessage``) at the top level of the JSON body.
+
+The body is what the container contract takes, parsed and answered by ``container.py``; this
+module adds the runtime API's checks of the call and its error shapes.
 """
 
 from __future__ import annotations
 
-from signwatch.serving.core import InvocationError
+from signwatch.serving import container
+from signwatch.serving.core import ServingError
 
 CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"
 INFERENCE_ID = "x-amzn-sagemaker-inference-id"
@@ -25,7 +29,7 @@ UNSUPPORTED = {
 }
 ACCEPTED = ("application/json", "*/*", "application/*")
 
-# kind of InvocationError -> (error code, HTTP status)
+# kind of ServingError -> (error code, HTTP status)
 ERRORS = {
     "validation": ("ValidationError", 400),
     "input": ("ModelError", 424),  # the container refused the input; its status travels inside
@@ -34,17 +38,18 @@ ERRORS = {
 }
 
 
-def error_response(exc: InvocationError) -> tuple[int, dict[str, str], dict]:
+def error_response(exc: ServingError) -> tuple[int, dict[str, str], dict]:
     """(status, headers, JSON body) of the runtime API's answer to a failed invocation."""
     code, status = ERRORS.get(exc.kind, ("InternalFailure", 500))
     body: dict = {"message": exc.message, "ErrorCode": code}
     if code == "ModelError":
-        body.update(OriginalStatusCode=exc.status, OriginalMessage=exc.message)
+        # the status the container contract answers for this refusal
+        body.update(OriginalStatusCode=container.status_of(exc), OriginalMessage=exc.message)
     return status, {"x-amzn-ErrorType": f"{code}:http://internal.amazon.com/coral/com.amazon.sagemaker/"}, body
 
 
-def validation_error(message: str) -> InvocationError:
-    return InvocationError("validation", 400, "validation", message)
+def validation_error(message: str) -> ServingError:
+    return ServingError("validation", "validation", message)
 
 
 def check_call(endpoint_name: str, headers, endpoint: str, variant: str) -> None:

@@ -3,6 +3,13 @@
 ``weed mini`` runs master, volume server, filer and S3 gateway in one process. The S3 gateway gets an
 identities file (``-s3.config``) holding one generated development identity, so that anonymous
 requests get 403 and a wrong secret gets SignatureDoesNotMatch.
+
+Only the S3 gateway is the stack's door. The filer and volume server would otherwise read, list and
+write objects for anyone who reaches their ports: a ``security.toml`` in the process's working
+folder gives them JWT signing keys (generated at each start, known only to the process), so that a
+request without a token the S3 gateway minted gets 401. Everything listens on the stack's host,
+loopback. SeaweedFS has no credentials for the master's HTTP API: on loopback it stays open to this
+machine's own processes, which can read the stack's data folder anyway (docs/operations.md, "Doors").
 """
 
 from __future__ import annotations
@@ -103,6 +110,17 @@ def _write_identities(paths: StackPaths, creds: S3Credentials) -> None:
         fh.write("\n")
 
 
+def _write_security(paths: StackPaths) -> None:
+    """JWT keys for filer and volume reads and writes (see the module's docstring)."""
+    sections = ("jwt.signing", "jwt.signing.read", "jwt.filer_signing", "jwt.filer_signing.read")
+    text = "".join(f'[{name}]\nkey = "{secrets.token_urlsafe(32)}"\nexpires_after_seconds = 10\n\n'
+                   for name in sections)
+    paths.seaweed.mkdir(parents=True, exist_ok=True)
+    fd = os.open(paths.seaweed / "security.toml", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+
+
 def check_ports(config: StackConfig) -> None:
     ports = [config.s3_port, config.s3_port + GRPC_OFFSET]
     for port in extra_ports(config).values():
@@ -121,6 +139,7 @@ def start(paths: StackPaths, config: StackConfig) -> process.ProcessRecord:
     assert creds is not None
     check_ports(config)
     _write_identities(paths, creds)
+    _write_security(paths)  # read from the working folder (cwd below)
     paths.seaweed_data.mkdir(parents=True, exist_ok=True)
     # weed mini saves its options in mini.options and reloads them; our command line is the truth
     (paths.seaweed_data / "mini.options").unlink(missing_ok=True)
