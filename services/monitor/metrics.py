@@ -50,6 +50,22 @@ class MonitorMetrics:
                               "(tracks), by what matched it: hash (near-duplicate image), name (track=...)",
                               ["endpoint", "by"], registry=r)
 
+        # Model quality from labels (monitoring/model_quality.py), per window of labelled pairs:
+        # "time" (matched in the quality window) and "count" (the last N matched).
+        self.quality = Gauge("signwatch_monitor_quality_metric",
+                             "Model-quality metric of the labelled predictions (SageMaker's multiclass metrics: "
+                             "accuracy, weighted_precision, weighted_recall, weighted_f0_5, weighted_f1, weighted_f2), "
+                             "and estimated_accuracy: the label-free estimate over the same predictions",
+                             ["endpoint", "metric", "window"], registry=r)
+        self.quality_labels = Gauge("signwatch_monitor_quality_labels", "Labelled predictions in the window",
+                                    ["endpoint", "window"], registry=r)
+        self.estimate_error = Gauge("signwatch_monitor_estimate_error",
+                                    "Label-free accuracy estimate minus the realised accuracy, same predictions",
+                                    ["endpoint", "window"], registry=r)
+        self.join = Gauge("signwatch_ground_truth_join", "The label join over the retention window: matched, "
+                          "duplicates, predictions_pending (no label yet), labels_waiting (no prediction yet)",
+                          ["endpoint", "state"], registry=r)
+
     def observed(self, message: Message) -> None:
         self.lag.set(max(0.0, time.time() - message.timestamp_ms / 1000))
 
@@ -72,6 +88,20 @@ class MonitorMetrics:
                 self.p_value.labels(self.endpoint, r.name, r.window).set(r.p_value)
         if evaluation.estimated_accuracy is not None:
             self.accuracy.labels(self.endpoint).set(evaluation.estimated_accuracy)
+        if evaluation.quality:
+            self._quality(evaluation.quality)
+
+    def _quality(self, q: dict) -> None:
+        for window in ("time", "count"):
+            figures = q.get(window) or {}
+            self.quality_labels.labels(self.endpoint, window).set(figures.get("labels", 0))
+            for metric, value in figures.items():
+                if metric not in ("labels", "confusion", "estimate_error") and value is not None:
+                    self.quality.labels(self.endpoint, metric, window).set(value)
+            if figures.get("estimate_error") is not None:
+                self.estimate_error.labels(self.endpoint, window).set(figures["estimate_error"])
+        for state, n in (q.get("join") or {}).items():
+            self.join.labels(self.endpoint, state).set(n)
 
     def published(self, violation: ViolationEvent) -> None:
         self.violations.labels(self.endpoint, violation.check_name, violation.state).inc()

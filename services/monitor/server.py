@@ -196,6 +196,16 @@ class MonitorHandler:
         except Exception as exc:  # noqa: BLE001 - the state store away: the next sweep tries again
             log.warning("monitor: outbox sweep failed (%s: %s)", type(exc).__name__, exc)
 
+    def judge_labels(self) -> None:
+        """Labels joined (by the label loop) while no prediction arrives: the model-quality check
+        is due all the same (``Monitor.labels_changed``). Between two polls, as the sweep."""
+        if self.monitor is None or not self.monitor.labels_changed or self._batch:
+            return  # with events buffered, counting them runs the checks
+        try:
+            self._publish(self.monitor.tick())
+        except Exception as exc:  # noqa: BLE001 - the state store away: the next poll tries again
+            log.warning("monitor: judging labels failed (%s: %s)", type(exc).__name__, exc)
+
     @property
     def idle(self) -> bool:
         """Every event taken is counted and checked."""
@@ -229,6 +239,13 @@ class MonitorLoop(ConsumerLoop):
         """What the loop waits for before it counts (for ``/health/ready``), or None."""
         return self.facts.waiting_for if self.handler.monitor is None else None
 
+    def class_names(self) -> tuple[str, ...] | None:
+        """The classes of the model the monitor counts (labels are read by them), or None while it
+        waits for the model's facts (the monitor is built, or given a new model, on the loop's
+        thread: read once per call)."""
+        monitor = self.handler.monitor
+        return None if monitor is None else monitor.class_names
+
     def run_once(self) -> int:
         spec = self.facts.poll()
         if self.handler.monitor is None:
@@ -243,6 +260,7 @@ class MonitorLoop(ConsumerLoop):
         self._generation = self.facts.generation
         taken = super().run_once()
         self.handler.sweep()
+        self.handler.judge_labels()
         return taken
 
     def _adopt(self, monitor: Monitor) -> None:
@@ -260,8 +278,8 @@ def build_loop(settings: Settings, spec: ModelSpec | None = None, ports: Ports |
     monitor is built at once; else ``facts`` (default: SIGNWATCH_MODEL_PATH's manifest, else the
     store's), asked for on the loop's thread."""
     ports = ports or open_ports(settings)
-    ports.bus.ensure_topics([settings.inference_topic, settings.violations_topic, settings.baselines_topic],
-                            settings.topic_partitions)
+    ports.bus.ensure_topics([settings.inference_topic, settings.violations_topic, settings.baselines_topic,
+                             settings.ground_truth_topic], settings.topic_partitions)
     if facts is None and spec is not None:
         facts = ModelFacts.fixed(spec)
     elif facts is None:
@@ -280,3 +298,22 @@ def build_loop(settings: Settings, spec: ModelSpec | None = None, ports: Ports |
     if monitor is not None:
         loop._adopt(monitor)
     return loop
+
+
+def build_label_loop(settings: Settings, loop: MonitorLoop, ports: Ports, registry=None):
+    """The label loop beside ``loop`` (``labels.py``), or None when labels are not joined
+    (``monitor_ground_truth`` false). It reads labels with the classes of ``loop``'s monitor."""
+    if not settings.monitor_ground_truth:
+        return None
+    from signwatch_services.monitor.label_files import LabelFiles
+    from signwatch_services.monitor.labels import build_label_loop as build
+
+    def monitor_of() -> Monitor | None:
+        return loop.handler.monitor
+
+    files = LabelFiles(ports.store, ports.state, ports.bus, settings.ground_truth_prefix, settings.endpoint,
+                       settings.ground_truth_topic, settings.ground_truth_retention_seconds,
+                       settings.ground_truth_poll_seconds, loop.class_names)
+    from prometheus_client import CollectorRegistry
+
+    return build(settings, ports.bus, monitor_of, registry or CollectorRegistry(), files.poll)

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
         "signwatch.baselines", description="the monitor's baseline events: a baseline learned from an endpoint's "
         "first traffic took over (docs/monitoring.md, Baselines at the right time)")
     explanations_topic: str = "signwatch.explanations"
+    ground_truth_topic: str = Field(
+        "signwatch.ground-truth", description="ground-truth labels, one SageMaker ground-truth record a message "
+        "(key: the inference or event id it names); POST /ground-truth and label files in the store feed it too")
     topic_partitions: int = Field(3, ge=1)
 
     # Endpoint identity, as SageMaker names it; parts of store and state keys, so plain names (the
@@ -171,6 +174,28 @@ class Settings(BaseSettings):
         60.0, gt=0, description="a track is counted again once it is this old (a camera that stays on one sign)")
     monitor_track_capacity: int = Field(
         1024, ge=16, le=100_000, description="frames the track list shared by the replicas holds per endpoint")
+    monitor_ground_truth: bool = Field(
+        True, description="join ground-truth labels with the predictions the capture keeps (same sampling) and "
+        "judge model quality (docs/monitoring.md, Model quality from labels)")
+    ground_truth_retention_seconds: int = Field(
+        7 * 86_400, ge=3600, le=90 * 86_400, description="how long a prediction waits for its label, and a label "
+        "for its prediction (at most a day more); each pending prediction holds a few tens of bytes in Redis")
+    ground_truth_shard_chars: int = Field(
+        3, ge=0, le=4, description="a day's pending predictions are split into 16^n Redis hashes by their id's "
+        "digest, so that each stays in Redis's compact encoding (~30 bytes an entry, ~80 in a large hash) while it "
+        "holds at most hash-max-listpack-entries (128 by default): 3 suits up to ~500,000 captured predictions a day "
+        "per endpoint; more traffic wants 4, or the server's limit raised")
+    ground_truth_prefix: str = Field(
+        "groundtruth", description="store prefix of label files, SageMaker's layout: {prefix}/{endpoint}/yyyy/mm/dd/hh/")
+    ground_truth_poll_seconds: float = Field(
+        30.0, gt=0, description="how often the monitor looks for new label files under ground_truth_prefix")
+    monitor_quality_window_seconds: int = Field(
+        3600, ge=60, description="model quality over the labels matched in this long")
+    monitor_quality_last_labels: int = Field(
+        1000, ge=50, le=100_000, description="... and over the last N labelled predictions")
+    monitor_quality_min_labels: int = Field(
+        200, ge=1, description="labelled predictions a model-quality check needs to judge (SageMaker gives no "
+        "deviation below 200)")
     monitor_test_exit_after_claim: str | None = Field(
         None, description="tests only: the first replica (of the endpoint) to claim an incident naming this check "
         "exits (os._exit) right after the claim, before publishing its violation: the crash the outbox recovers from")

@@ -30,6 +30,8 @@ TOPICS = {
                          ["explainer (group signwatch-explainer)"]),
     "explanations_topic": (events.ExplanationEvent, "violation_id", "explainer", ["dashboards, tickets, anyone"]),
     "baselines_topic": (events.BaselineEvent, "endpoint", "monitor", ["dashboards, operators, anyone"]),
+    "ground_truth_topic": (events.GroundTruthRecord, "eventMetadata.eventId", "monitor (POST /ground-truth, label "
+                           "files), labelling tools", ["monitor (group signwatch-monitor-labels)"]),
 }
 
 EVOLUTION_RULE = (
@@ -158,7 +160,8 @@ def checks_markdown() -> str:
     from signwatch.monitoring import registry
 
     needs = {"nothing": "nothing", "baseline": "a baseline",
-             "class_baseline": "a baseline of the endpoint's own traffic (not the shipped one, unless asked)"}
+             "class_baseline": "a baseline of the endpoint's own traffic (not the shipped one, unless asked)",
+             "quality_constraints": "labels, and a model-quality baseline (`baseline suggest --quality`)"}
     lines = [
         "# Checks reference",
         "",

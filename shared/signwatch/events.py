@@ -186,7 +186,10 @@ class ViolationCheck(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     feature_name: str
-    constraint_check_type: Literal["baseline_drift_check", "completeness_check", "data_type_check"]
+    # SageMaker's data-quality check types, and its model-quality ones (the comparison operator
+    # of the constraint the metric crossed, ``feature_name`` then being the metric's name)
+    constraint_check_type: Literal["baseline_drift_check", "completeness_check", "data_type_check",
+                                   "LessThanThreshold", "GreaterThanThreshold"]
     description: str
 
 
@@ -287,6 +290,46 @@ class BaselineEvent(_Event):
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json(by_alias=True).encode()
+
+
+class GroundTruthData(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data: str = Field(max_length=MAX_LABEL, description="the true class: its id (\"14\") or the model's name "
+                      "for it (\"Stop\"), one CSV field")
+    encoding: Literal["CSV"] = "CSV"
+
+
+class GroundTruthMetadata(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    eventId: str = Field(min_length=1, max_length=MAX_NAME, description="the client's inferenceId or "
+                         "signwatch's event id of the prediction the label is for")
+    inferenceId: str | None = Field(None, min_length=1, max_length=MAX_NAME)
+
+
+class GroundTruthRecord(_Event):
+    """A label for one prediction: SageMaker's ground-truth record (the line its merge job reads
+    from ``groundtruth/{endpoint}/yyyy/mm/dd/hh/``), as label files, ``POST /ground-truth`` and
+    the topic carry it. ``schema`` and ``endpoint`` are signwatch's and optional: a record a
+    SageMaker tool wrote is taken as it is, by the monitor of the endpoint that reads the topic.
+    The monitor reads every source with ``groundtruth.parse_label``, which counts what is wrong
+    with a record rather than refusing the batch (tests/unit/test_groundtruth.py holds the two
+    to the same records)."""
+
+    schema_: Literal["signwatch.ground-truth/v1"] = Field(
+        "signwatch.ground-truth/v1", alias="schema", serialization_alias="schema"
+    )
+    endpoint: Name | None = Field(None, description="the endpoint whose prediction it labels (default: the "
+                                  "endpoint of the monitor reading it)")
+    groundTruthData: GroundTruthData
+    eventMetadata: GroundTruthMetadata
+    eventVersion: str = Field("0", max_length=8)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json(by_alias=True, exclude_none=True).encode()
 
 
 class ExplanationEvent(_Event):

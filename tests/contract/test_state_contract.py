@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import json
 
-from signwatch.ports.state import Increment, OutboxEntry, Push
+import pytest
+
+from signwatch.ports.state import Increment, JoinItem, JoinKeys, OutboxEntry, Push
 from tests.conftest import wait_until
 
 
@@ -83,3 +85,49 @@ def test_an_outbox_lease_runs_out(state, unique):
     assert state.claim(f"t:{unique}:claim", "1", 60, entry)
     wait_until(lambda: state.set_once(lease, 60), timeout_s=5, interval_s=0.1, what="the lease to run out")
     assert state.outbox(f"t:{unique}:outbox") == {"e": "x"}, "the entry stays until done"
+
+
+def _join_keys(unique: str, days: int = 3, shard_chars: int = 0) -> JoinKeys:
+    return JoinKeys(days=tuple(f"t:{unique}:gt:day{d}" for d in range(days)),
+                    day_stats=tuple(f"t:{unique}:gt:stats{d}" for d in range(days)), day_ttl_s=60,
+                    pairs=f"t:{unique}:gt:pairs", pairs_ttl_s=60, recent=f"t:{unique}:gt:recent", recent_max=3,
+                    shard_chars=shard_chars)
+
+
+def _stats(state, keys: JoinKeys) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for counts in state.get_counts(list(keys.day_stats)):
+        for k, v in counts.items():
+            total[k] = total.get(k, 0) + v
+    return {k: v for k, v in total.items() if v}
+
+
+@pytest.mark.parametrize("shard_chars", [0, 1])
+def test_join_counts_each_pair_once_in_either_order(state, unique, shard_chars):
+    keys = _join_keys(unique, shard_chars=shard_chars)
+    pred = lambda f, v, alias=None: JoinItem("prediction", f, v, alias, note=f"ev-{f}")  # noqa: E731
+    label = lambda f, v: JoinItem("label", f, v, note=f"id-{f}")  # noqa: E731
+    # prediction first, then its label; a label first (by the client's id), then its prediction
+    assert state.join(keys, [pred("a", "14,9"), pred("b", "3,2", alias="inf-b"), label("inf-c", "5")]) == [
+        "pending", "pending", "waiting"]
+    assert state.join(keys, [label("a", "14"), label("inf-b", "1"), pred("c", "5,7", alias="inf-c")]) == [
+        "matched", "matched", "matched"]
+    # a label again (by either id), a replayed prediction, a label for an unknown id
+    assert state.join(keys, [label("a", "2"), label("b", "1"), pred("a", "14,9"), label("zz", "4")]) == [
+        "duplicate", "duplicate", "seen", "waiting"]
+    [pairs] = state.get_counts([keys.pairs])
+    assert pairs == {"14,14": 1, "1,3": 1, "5,5": 1, "n9": 1, "c9": 1, "n2": 1, "n7": 1, "c7": 1}
+    assert state.get_list(keys.recent) == ["5,5,7,ev-c", "1,3,2,id-inf-b", "14,14,9,id-a"]
+    assert _stats(state, keys) == {"matched": 3, "duplicates": 2, "labels_waiting": 1}
+
+
+def test_join_finds_entries_of_older_days_and_counts_them_there(state, unique):
+    keys = _join_keys(unique)
+    older = JoinKeys(days=keys.days[1:] + keys.days[:1], day_stats=keys.day_stats[1:] + keys.day_stats[:1],
+                     day_ttl_s=60, pairs=keys.pairs, pairs_ttl_s=60, recent=keys.recent, recent_max=3)
+    assert state.join(older, [JoinItem("prediction", "x", "7,4"), JoinItem("prediction", "y", "7,4")]) == [
+        "pending", "pending"]  # written to day 1, which is "today" for ``older``
+    assert state.join(keys, [JoinItem("label", "x", "8")]) == ["matched"]
+    counts = state.get_counts(list(keys.day_stats))
+    assert counts[1] == {"predictions_pending": 1} and counts[0] == {"matched": 1}
+    assert state.get_counts([keys.pairs]) == [{"8,7": 1, "n4": 1}]

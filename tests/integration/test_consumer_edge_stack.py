@@ -125,17 +125,21 @@ def test_the_lag_gauge_counts_events_taken_and_not_counted_while_redis_hangs(sta
     def lag():
         return registry.get_sample_value("signwatch_consumer_lag_messages", {"group": settings.monitor_group})
 
-    thread = loop.start_thread()
     events = [inference_event(class_id=i % 11, endpoint=settings.endpoint) for i in range(300)]
     pid = mine.redis.pid
+    thread = None
     try:
-        wait_until(lambda: lag() is not None and loop._consumer is not None, 30, what="the loop to poll")
+        # Redis hangs, then the events arrive, then the loop starts: its first fetch sees all 300
+        # (taken, or behind it on the broker), whatever batches the producer made of them. (Started
+        # first, a loop whose fetch got the first batch only would sit in its flush retries with
+        # the broker's lag as of that fetch: the run-to-run flake this order removes.)
         os.kill(pid, signal.SIGSTOP)
         hung = time.monotonic()
         for e in events:
             bus.publish(settings.inference_topic, e.event_id, e.to_bytes())
         bus.flush(30)
-        seen = wait_until(lambda: lag() >= 250 and lag(), 20, 0.1, what="the gauge to count the waiting events")
+        thread = loop.start_thread()
+        seen = wait_until(lambda: (lag() or 0) >= 250 and lag(), 30, 0.1, what="the gauge to count the waiting events")
         assert thread.is_alive(), "a Redis hang is no stall: the pod is not restarted for it"
         print(f"\nlag gauge {seen:.0f} {time.monotonic() - hung:.1f} s into the Redis hang")
     finally:
@@ -145,6 +149,7 @@ def test_the_lag_gauge_counts_events_taken_and_not_counted_while_redis_hangs(sta
         wait_until(lambda: lag() == 0, 30, 0.2, what="the gauge back to 0")
     finally:
         loop.stop()
-        thread.join(30)
+        if thread is not None:
+            thread.join(30)
         ports.close()
         bus.close()

@@ -11,6 +11,7 @@ from signwatch.model.core import load_spec
 from signwatch.model.published import publish_manifest
 from signwatch.runtime import open_ports
 from signwatch_services.monitor.server import build_loop
+from tests.conftest import wait_until
 from tests.unit.helpers import inference_event
 
 
@@ -82,3 +83,46 @@ def test_a_claim_whose_claimer_died_is_published_once_by_another_replicas_sweep(
     text = generate_latest(registry).decode()
     assert f'signwatch_monitor_outbox_republished_total{{endpoint="ep"}} {float(len(claimed))}' in text
     assert state.outbox(dead.incidents.outbox.key) == {}
+
+
+def test_labels_from_the_topic_and_from_files_join_once_and_show_in_the_metrics(tmp_path, unique):
+    from datetime import datetime, timezone
+
+    from signwatch.monitoring.groundtruth import label_line, write_labels
+    from signwatch_services.monitor.server import build_label_loop
+
+    settings = Settings(bus_url=f"memory://gt-{unique}", state_url="memory://", store_url=tmp_path.as_uri(),
+                        endpoint="ep", ground_truth_poll_seconds=0.01)
+    ports = open_ports(settings)
+    registry = CollectorRegistry()
+    publish_manifest(ports.store, "ep", load_spec())
+    loop = build_loop(settings, ports=ports, registry=registry)
+    labels = build_label_loop(settings, loop, ports, registry)
+    events = [inference_event(class_id=i % 43, probability=0.9, inference_id=f"req-{i}") for i in range(60)]
+    for e in events:
+        ports.bus.publish(settings.inference_topic, e.event_id, e.to_bytes())
+    while loop.processed < 60 or not loop.handler.idle:
+        loop.run_once()
+    # 20 by event id on the topic (one of them twice), 20 by the client's id in a file, a bad record
+    for e in events[:20] + events[:1]:
+        ports.bus.publish(settings.ground_truth_topic, e.event_id, label_line(e.event_id, e.output.predictions[0].class_id).encode())
+    ports.bus.publish(settings.ground_truth_topic, "x", b"{not json")
+    write_labels(ports.store, "ep", [(e.inference_id, 0) for e in events[20:40]], datetime.now(timezone.utc))
+    ports.bus.publish(settings.ground_truth_topic, "y", label_line("req-50", "no such class").encode())
+    def joined():
+        labels.run_once()
+        return loop.handler.monitor.labels.stats(datetime.now(timezone.utc).timestamp())["matched"] >= 40
+    wait_until(joined, 30, 0, "the labels of the topic and of the file to be joined")
+    labels.run_once()
+    stats = loop.handler.monitor.labels.stats(datetime.now(timezone.utc).timestamp())
+    assert stats["matched"] == 40 and stats["duplicates"] == 1 and stats["predictions_pending"] == 20
+    wait_until(lambda: loop.run_once() is not None and not loop.handler.monitor.labels_changed, 30, 0,
+               "the monitor to judge the labels with no prediction arriving")
+    snap = loop.handler.monitor.quality
+    assert snap["time"]["labels"] == 40 and snap["time"]["accuracy"] == 0.5, snap["time"]
+    text = generate_latest(registry).decode()
+    assert 'signwatch_ground_truth_labels_total{endpoint="ep",outcome="matched"} 40.0' in text
+    assert 'signwatch_ground_truth_labels_total{endpoint="ep",outcome="unknown_class"} 1.0' in text
+    assert 'signwatch_monitor_quality_metric{endpoint="ep",metric="accuracy",window="time"} 0.5' in text
+    dead = ports.bus.consumer([f"{settings.ground_truth_topic}.dlq"], "inspect").poll(timeout_ms=100)
+    assert [m.value for m in dead] == [b"{not json"]

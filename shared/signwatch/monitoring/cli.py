@@ -6,9 +6,15 @@
     signwatch baseline suggest --images reference/ --upload                  # one sub-folder per label
     signwatch monitor job --capture s3://signwatch/datacapture/signwatch --start ... --end ...
     signwatch monitor job --capture datacapture/signwatch --schedule hourly
+    signwatch monitor job ... --ground-truth groundtruth --start-offset -P1D --end-offset -PT1H   # + model quality
+    signwatch baseline suggest --quality --dataset s3://bucket/labelled.csv --upload    # model-quality baseline
+    signwatch baseline suggest --quality --ground-truth groundtruth --capture datacapture --start ... --end ...
 
 Exit status of a job run: 0 no violation, 2 violations found (a scheduler can alert), 1 nothing
-to check, 2 also for a usage error (with a one-line message).
+to check, 2 also for a usage error (with a one-line message). With ``--ground-truth`` a run also
+merges the labels with the captured predictions and checks the model's quality (accuracy, weighted
+F1...) against the model-quality constraints at ``{baseline prefix}/model-quality/``; a quality
+violation exits 2 as a drift violation does.
 
 The model's facts (class count, labels, version) come from its manifest: ``--weights``, else
 ``SIGNWATCH_MODEL_PATH``, else the manifest the inference service published in the store
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Optional
@@ -56,7 +63,7 @@ def _time(value: Optional[str], name: str) -> Optional[datetime]:
     return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
-def _store_and_prefix(capture: str, settings):
+def _store_and_prefix(capture: str, settings, option: str = "--capture"):
     """``s3://bucket/prefix[?endpoint=URL]`` or ``file:///folder`` + prefix, or a prefix in the configured store."""
     from signwatch.ports import UnsupportedURL, open_store
     from signwatch.ports.store import check_key
@@ -73,7 +80,7 @@ def _store_and_prefix(capture: str, settings):
                                settings.s3_region)
             prefix = parsed.path.lstrip("/")
         elif parsed.scheme:
-            raise _fail(f"--capture must be s3://bucket/prefix or a prefix in the configured store, got {capture!r}")
+            raise _fail(f"{option} must be s3://bucket/prefix or a prefix in the configured store, got {capture!r}")
         else:
             from signwatch.runtime import open_ports
 
@@ -155,9 +162,15 @@ def _baseline(store, settings, spec):
     return baseline, not shipped or settings.monitor_shipped_class_checks
 
 
+# rendered references also render their split in these weathers, this many each at most, for the
+# label-free estimate's calibration table (docs/monitoring.md, "Which accuracy estimate ships")
+CALIBRATION_WEATHER, CALIBRATION_COUNT = ("snow", "night", "fog"), 1000
+
+
 @baseline_app.command("suggest")
 def suggest_cmd(
-    out: Path = typer.Option(Path("baseline"), help="folder for statistics.json and constraints.json"),
+    out: Optional[Path] = typer.Option(None, help="folder for statistics.json and constraints.json (default "
+                                                  "baseline, with --quality baseline/model-quality)"),
     upload: bool = typer.Option(False, help="also write them to the store, where the monitor loads them"),
     count: int = typer.Option(4300, min=100, max=200_000,
                               help="rendered clean images (with --images: at most this many)"),
@@ -172,6 +185,21 @@ def suggest_cmd(
     weights: Optional[Path] = typer.Option(None, help="safetensors weights with their manifest (default: the "
                                                        "served model: SIGNWATCH_MODEL_PATH, else the shipped one; "
                                                        "with --capture, else the manifest published in the store)"),
+    quality: bool = typer.Option(False, "--quality", help="a model-quality baseline (accuracy, weighted F1...) from "
+                                                          "labelled predictions: --dataset, or --ground-truth with "
+                                                          "--capture over --start/--end; uploaded to "
+                                                          "{baseline prefix}/model-quality/"),
+    dataset: Optional[str] = typer.Option(None, help="with --quality: a CSV (header row) or JSON-lines file or "
+                                                       "s3:// URL, a label and a prediction per row"),
+    label_column: str = typer.Option("label", help="with --dataset: the column (key) of the true class"),
+    prediction_column: str = typer.Option("prediction", help="with --dataset: the column (key) of the model's answer"),
+    ground_truth: Optional[str] = typer.Option(None, help="with --quality: ground-truth labels (prefix or s3:// URL, "
+                                                            "labels under it at {endpoint}/yyyy/mm/dd/hh/) merged with "
+                                                            "the records of --capture (default datacapture)"),
+    tolerance: float = typer.Option(0.05, min=0.0, max=1.0,
+                                    help="with --quality: each threshold lies this far below the baseline's value"),
+    deviations: float = typer.Option(3.0, min=0.0, help="with --quality: and this many of its standard deviations "
+                                                        "further (0 and 0: SageMaker's suggestion, any drop alerts)"),
 ) -> None:
     """Run the model over reference data and write SageMaker-shaped statistics.json + constraints.json."""
     from signwatch.monitoring import baseline as bl
@@ -181,12 +209,21 @@ def suggest_cmd(
     )
 
     settings = _settings()
+    if quality:
+        return _suggest_quality(settings, out or Path("baseline") / "model-quality", upload, weights, capture,
+                                ground_truth, dataset, start, end, label_column, prediction_column, tolerance,
+                                deviations, gtsrb, images)
+    quality_only = [name for name, v in (("--dataset", dataset), ("--ground-truth", ground_truth)) if v is not None]
+    if quality_only:
+        raise _fail(f"{quality_only[0]} makes a model-quality baseline: add --quality")
+    out = out or Path("baseline")
     chosen = [name for name, v in (("--capture", capture), ("--gtsrb", gtsrb), ("--images", images)) if v is not None]
     if len(chosen) > 1:
         raise _fail(f"choose one source of reference data, not {' and '.join(chosen)}")
     t0, t1 = _time(start, "start"), _time(end, "end")
     labels = None
     unreadable = 0
+    calibration: list = []  # labelled shifted sets, rendered only (see below)
     if capture is not None:
         spec = _model_facts(settings, weights)  # the class count of the model that made the records
         store, prefix = _store_and_prefix(capture, settings)
@@ -226,6 +263,15 @@ def suggest_cmd(
             except ValueError as exc:
                 raise _fail(str(exc))
             source = f"rendered clean, split {split}, seed {seed}, {count} images"
+            # the same split rendered in weather: what the label-free estimate learns under shift
+            # (estimate.bin_accuracy; benchmarks/estimators.py measures why)
+            weather_count = min(count, CALIBRATION_COUNT)
+            for variant in CALIBRATION_WEATHER:
+                shifted, shifted_labels = render_array(weather_count, seed=seed, split=split,
+                                                       size=spec.input_size, variant=variant)
+                calibration.append((features_from_top(*predict_top(model, spec, shifted, k=min(5, spec.num_classes))),
+                                    [int(v) for v in shifted_labels]))
+            source += f"; estimate calibrated with {', '.join(CALIBRATION_WEATHER)} ({weather_count} each)"
         try:
             features = features_from_top(*predict_top(model, spec, pictures, k=min(5, spec.num_classes),
                                                        progress=True))
@@ -235,7 +281,7 @@ def suggest_cmd(
     source += f", model {spec.version}"
     try:
         statistics, constraints = bl.suggest(features, spec.num_classes, labels=labels, source=source,
-                                             model_version=spec.version)
+                                             model_version=spec.version, calibration=calibration)
     except ValueError as exc:
         raise _fail(str(exc), 1)
     bl.write_folder(out, statistics, constraints)
@@ -265,6 +311,225 @@ def _check_served(store, settings, spec) -> None:
                     f"(model {spec.version}): not uploaded", 1)
 
 
+# --- model quality from labels ------------------------------------------------------------------
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)  # the start of a run without --start: every record
+
+
+class _TwoStores:
+    """What ``groundtruth.merge`` reads through: labels from one store, captures from another
+    (two buckets), told apart by the labels' prefix; only ``list`` and ``get``, all merge needs."""
+
+    def __init__(self, labels, labels_prefix: str, captures):
+        self.labels, self.labels_prefix, self.captures = labels, labels_prefix, captures
+
+    def _of(self, key: str):
+        return self.labels if key.startswith(self.labels_prefix) else self.captures
+
+    def list(self, prefix: str = "") -> list[str]:
+        return self._of(prefix).list(prefix)
+
+    def get(self, key: str) -> bytes:
+        return self._of(key).get(key)
+
+
+@dataclass(frozen=True)
+class _LabelSource:
+    """Where a run finds labels and the predictions they name, and how far back it looks."""
+
+    view: _TwoStores
+    labels_root: str    # labels under {labels_root}/{endpoint}/yyyy/mm/dd/hh/
+    captures_root: str  # captures under {captures_root}/{endpoint}/{variant}/yyyy/mm/dd/hh/
+    start_offset: Optional[str] = None
+    end_offset: Optional[str] = None
+
+
+def _endpoint_root(prefix: str, endpoint: str, option: str) -> str:
+    """The folder above the endpoint's: ``datacapture/ep`` and ``datacapture`` both give
+    ``datacapture`` (the merge adds the endpoint, as SageMaker's layout has it)."""
+    p = prefix.rstrip("/")
+    if p == endpoint or not p:
+        raise _fail(f"{option} must name the folder above the endpoint's (e.g. {option} groundtruth for "
+                    f"groundtruth/{endpoint}/yyyy/mm/dd/hh/), got {prefix!r}")
+    return p[:-len(endpoint) - 1] if p.endswith("/" + endpoint) else p
+
+
+def _label_source(ground_truth: str, capture: str, settings, start_offset=None, end_offset=None) -> _LabelSource:
+    from signwatch.monitoring.groundtruth import parse_duration
+
+    for name, value in (("--start-offset", start_offset), ("--end-offset", end_offset)):
+        try:
+            parse_duration(value)
+        except ValueError as exc:
+            raise _fail(f"{name}: {exc}")
+    labels_store, labels_prefix = _store_and_prefix(ground_truth, settings, "--ground-truth")
+    captures_store, captures_prefix = _store_and_prefix(capture, settings)
+    labels_root = _endpoint_root(labels_prefix, settings.endpoint, "--ground-truth")
+    captures_root = _endpoint_root(captures_prefix, settings.endpoint, "--capture")
+    if labels_root == captures_root:
+        raise _fail(f"--ground-truth and --capture name the same folder {labels_root!r}: labels need their own")
+    view = _TwoStores(labels_store, f"{labels_root}/{settings.endpoint}/", captures_store)
+    return _LabelSource(view, labels_root, captures_root, start_offset, end_offset)
+
+
+def _merge(source: _LabelSource, settings, spec, t0, t1):
+    from signwatch.monitoring import groundtruth as gt
+
+    try:
+        return gt.merge(source.view, settings.endpoint, spec.class_names, t0 or EPOCH,
+                        t1 or datetime.now(timezone.utc), source.start_offset, source.end_offset,
+                        source.labels_root, source.captures_root)
+    except ValueError as exc:  # the offsets leave no window
+        raise _fail(f"--ground-truth: {exc}")
+
+
+def _no_pairs_reason(counts) -> str:
+    return "no labels" if counts.label_files == 0 else "no label matched a prediction"
+
+
+def _run_quality(source: _LabelSource, store, folder, t0, t1, settings, spec, baseline) -> dict:
+    """Merge the run's labels, write ``{folder}/model_quality/`` and the merged records, check
+    the model-quality constraints if there are any: the ``model_quality`` object of the summary."""
+    from signwatch.monitoring import groundtruth as gt
+    from signwatch.monitoring import quality
+    from signwatch.monitoring.checks import estimated_accuracy
+    from signwatch.monitoring.job import batch_counts
+
+    merged = _merge(source, settings, spec, t0, t1)
+    (a, b), (la, lb) = merged.window.predictions, merged.window.labels
+    summary = {"window": {"predictions": [a.isoformat(), b.isoformat()], "labels": [la.isoformat(), lb.isoformat()]},
+               "merge": merged.counts.as_dict()}
+    if not merged.pairs:
+        reason = _no_pairs_reason(merged.counts)
+        typer.echo(f"note: model quality skipped: {reason} for the predictions of [{a.isoformat()}, "
+                   f"{b.isoformat()}) under {source.labels_root}/{settings.endpoint}/", err=True)
+        return summary | {"skipped": reason, "violations": []}
+    y_true, y_pred = merged.y()
+    statistics = quality.quality_statistics(y_true, y_pred, spec.num_classes, list(spec.class_names))
+    metrics = statistics[quality.METRICS_KEY]
+    written = {"statistics": store.put(f"{folder}/{quality.RUN_FOLDER}/{quality.STATISTICS_FILE}",
+                                       json.dumps(statistics, indent=1).encode(), "application/json")}
+    key = quality.constraints_key(_baseline_prefix(settings))
+    violations, has_constraints = [], store.exists(key)
+    if has_constraints:
+        try:
+            violations = quality.check_quality(statistics, json.loads(store.get(key)))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise _fail(f"the model-quality constraints at {key}: {type(exc).__name__}: {exc}", 1)
+        written["constraint_violations"] = store.put(
+            f"{folder}/{quality.RUN_FOLDER}/{quality.VIOLATIONS_FILE}",
+            json.dumps(quality.violations_report(violations), indent=2).encode(), "application/json")
+    else:
+        typer.echo(f"note: no model-quality constraints at {key}: the metrics are written, not checked "
+                   f"(signwatch baseline suggest --quality ... --upload)", err=True)
+    # The label-free estimate over the very predictions that have labels, so that the two figures
+    # differ only by the estimate's error
+    estimate = estimated_accuracy(batch_counts([p.features for p in merged.pairs], spec.num_classes), baseline)
+    realised = metrics["accuracy"]["value"]
+    return summary | {
+        "item_count": len(y_true),
+        "metrics": {name: metrics[name]["value"] for name in quality.METRICS},
+        "constraints": key if has_constraints else None,
+        "violations": violations,
+        "estimated_accuracy": estimate, "realised_accuracy": realised,
+        "estimate_error": None if estimate is None else estimate - realised,
+        "merged": gt.write_merged(store, settings.endpoint, merged),
+        "written": written,
+    }
+
+
+def _print_quality(q: dict) -> None:
+    if "skipped" in q:
+        typer.echo(f"model quality: skipped ({q['skipped']})")
+        return
+    m = q["metrics"]
+    estimate = "n/a" if q["estimated_accuracy"] is None else f"{q['estimated_accuracy']:.4f}"
+    typer.echo(f"model quality: {q['item_count']} labelled predictions, accuracy {m['accuracy']:.4f}, "
+               f"weighted F1 {m['weighted_f1']:.4f} (label-free estimate {estimate})")
+    for v in q["violations"]:
+        typer.echo(f"VIOLATION {v['constraint_check_type']} {v['metric_name']}: {v['description']}")
+
+
+def _read_dataset(dataset: str, settings) -> bytes:
+    """The bytes of a local file, a ``file://`` URL or an ``s3://`` object; a one-line error."""
+    parsed = urlparse(dataset)
+    try:
+        if parsed.scheme == "s3":
+            store, key = _store_and_prefix(dataset, settings, "--dataset")
+            return store.get(key)
+        if parsed.scheme == "file":
+            return Path(parsed.path).read_bytes()
+        if parsed.scheme and len(parsed.scheme) > 1:  # not a Windows drive letter
+            raise _fail(f"--dataset must be a file, a file:// or an s3:// URL, got {dataset!r}")
+        return Path(dataset).read_bytes()
+    except typer.Exit:
+        raise
+    except OSError as exc:
+        raise _fail(f"cannot read {dataset}: {exc.strerror or exc}", 1)
+    except Exception as exc:  # noqa: BLE001 - no such object, a store away: one line, not a traceback
+        raise _fail(f"cannot read {dataset}: {type(exc).__name__}: {exc}", 1)
+
+
+def _suggest_quality(settings, out: Path, upload: bool, weights, capture, ground_truth, dataset, start, end,
+                     label_column: str, prediction_column: str, tolerance: float, deviations: float,
+                     gtsrb, images) -> None:
+    """``baseline suggest --quality``: statistics.json (the metrics) and constraints.json (their
+    thresholds) of labelled predictions, SageMaker's model-quality baseline."""
+    from signwatch.monitoring import baseline as bl
+    from signwatch.monitoring import quality
+    from signwatch.monitoring.labelled import LabelledDataError, read_pairs
+
+    others = [name for name, v in (("--gtsrb", gtsrb), ("--images", images)) if v is not None]
+    if others:
+        raise _fail(f"--quality takes labelled predictions (--dataset, or --ground-truth with --capture), "
+                    f"not {others[0]}")
+    if (dataset is None) == (ground_truth is None):
+        raise _fail("--quality needs labelled predictions: --dataset FILE, or --ground-truth PREFIX (with --capture, "
+                    "--start, --end), one of them")
+    if dataset is not None and capture is not None:
+        raise _fail("--capture goes with --ground-truth, not --dataset")
+    t0, t1 = _time(start, "start"), _time(end, "end")
+    spec = _model_facts(settings, weights)
+    result: dict = {}
+    if dataset is not None:
+        data = _read_dataset(dataset, settings)
+        try:
+            y_true, y_pred = read_pairs(data, dataset, spec.class_names, label_column, prediction_column)
+        except LabelledDataError as exc:
+            raise _fail(str(exc), 1)
+        source = f"dataset {dataset}"
+    else:
+        # the predictions of [start, end), with every label collected for them up to now (a run's
+        # merge reads labels up to its end only, so that a rerun merges the same ones)
+        now = datetime.now(timezone.utc)
+        back = None if t1 is None else f"{'-' if t1 <= now else ''}PT{abs((now - t1).total_seconds()):.6f}S"
+        merged = _merge(_label_source(ground_truth, capture or "datacapture", settings, None, back),
+                        settings, spec, t0, now)
+        result["merge"] = merged.counts.as_dict()
+        if not merged.pairs:
+            raise _fail(f"{_no_pairs_reason(merged.counts)} for the predictions of [{start}, {end}): nothing to "
+                        f"make a baseline of ({json.dumps(merged.counts.as_dict()['bad'])} bad label lines)", 1)
+        y_true, y_pred = merged.y()
+        source = f"capture {capture or 'datacapture'} + ground truth {ground_truth} [{start}, {end})"
+    source += f", model {spec.version}"
+    statistics = quality.quality_statistics(y_true, y_pred, spec.num_classes, list(spec.class_names))
+    statistics["signwatch"] |= {"source": source, "model": {"version": spec.version, "num_classes": spec.num_classes}}
+    constraints = quality.quality_constraints(statistics, tolerance, deviations)
+    constraints["signwatch"] = {"tolerance": tolerance, "deviations": deviations}
+    bl.write_folder(out, statistics, constraints)
+    metrics = statistics[quality.METRICS_KEY]
+    result = {"out": str(out), "item_count": len(y_true), "source": source,
+              "metrics": {name: metrics[name]["value"] for name in quality.METRICS},
+              "thresholds": {name: c["threshold"] for name, c in constraints[quality.CONSTRAINTS_KEY].items()},
+              "model_version": spec.version, "num_classes": spec.num_classes} | result
+    if upload:
+        store = _configured_store(settings)
+        _check_served(store, settings, spec)
+        result["uploaded"] = bl.write_store(store, quality.baseline_prefix(_baseline_prefix(settings)),
+                                            statistics, constraints)
+    typer.echo(json.dumps(result, indent=2))
+
+
 def _print_counts(result, class_names) -> None:
     typer.echo(f"{result.total} predictions, {result.unreadable} unreadable records, {result.files} files")
     for c, n in sorted(result.predicted_classes.items(), key=lambda kv: -kv[1]):
@@ -274,7 +539,8 @@ def _print_counts(result, class_names) -> None:
 
 
 def _check(store, settings, keys, t0=None, t1=None, runs_per_day=24):
-    """(the run's result, the model's facts): the model is asked for at each run (it may change)."""
+    """(the run's result, the model's facts, the drift baseline or None): the model is asked for at
+    each run (it may change)."""
     from signwatch.monitoring import baseline as bl
     from signwatch.monitoring.job import run_job
 
@@ -289,7 +555,7 @@ def _check(store, settings, keys, t0=None, t1=None, runs_per_day=24):
     result = run_job([store.get(k) for k in keys], baseline, spec.class_names, t0, t1, runs_per_day,
                      model_version=spec.version, thresholds=bl.Thresholds().merged(_overrides(settings)),
                      judge_classes=judge_classes, tracks=tracks)
-    return result, spec
+    return result, spec, baseline
 
 
 def _facts(result, spec) -> dict:
@@ -297,22 +563,31 @@ def _facts(result, spec) -> dict:
             "drift_checks": "ran" if result.baseline_id else "skipped: no baseline for this model"}
 
 
-def _run_once(store, prefix, output, t0, t1, settings, runs_per_day, as_json) -> int:
+def _run_once(store, prefix, output, t0, t1, settings, runs_per_day, as_json,
+              labels: Optional[_LabelSource] = None) -> int:
     from signwatch.monitoring.job import keys_in_range, run_folder, write_run
 
     keys = keys_in_range(store.list(prefix), t0, t1)
     if not keys:
         typer.echo(f"error: no capture files under {prefix!r} in the range", err=True)
         return 1
-    result, spec = _check(store, settings, keys, t0, t1, runs_per_day)
+    result, spec, baseline = _check(store, settings, keys, t0, t1, runs_per_day)
     folder = run_folder(output, t1 or datetime.now(timezone.utc))
     written = write_run(store, folder, result)
     summary = {"total": result.total, "unreadable": result.unreadable, "folded": result.folded,
                "predicted_classes": result.predicted_classes,
                "violations": result.violations, "estimated_accuracy": result.estimated_accuracy,
                "files": result.files, "folder": folder, "written": written} | _facts(result, spec)
-    typer.echo(json.dumps(summary, indent=2)) if as_json else _print_counts(result, spec.class_names)
-    return 2 if result.violations else 0
+    quality = None
+    if labels is not None:
+        quality = summary["model_quality"] = _run_quality(labels, store, folder, t0, t1, settings, spec, baseline)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+    else:
+        _print_counts(result, spec.class_names)
+        if quality is not None:
+            _print_quality(quality)
+    return 2 if result.violations or (quality and quality["violations"]) else 0
 
 
 def _next_fire(schedule: str, after: datetime) -> datetime:
@@ -332,16 +607,28 @@ def job_cmd(
     output: Optional[str] = typer.Option(None, help="report prefix (default monitoring/{endpoint}/schedule)"),
     schedule: Optional[str] = typer.Option(None, help="hourly, daily or a cron expression: keep running"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object per run"),
+    ground_truth: Optional[str] = typer.Option(None, help="also check model quality: ground-truth labels (prefix or "
+                                                            "s3://bucket/prefix, labels under it at "
+                                                            "{endpoint}/yyyy/mm/dd/hh/), merged with the captures"),
+    start_offset: Optional[str] = typer.Option(None, help="with --ground-truth: move the labelled predictions' "
+                                                            "start back (ISO 8601 duration, e.g. -P1D)"),
+    end_offset: Optional[str] = typer.Option(None, help="with --ground-truth: move their end back (e.g. -PT1H)"),
 ) -> None:
-    """Check captured records against the baseline; write statistics.json + constraint_violations.json."""
+    """Check captured records against the baseline; write statistics.json + constraint_violations.json
+    (with --ground-truth also model_quality/statistics.json + constraint_violations.json)."""
     settings = _settings()
+    if ground_truth is None and (start_offset or end_offset):
+        raise _fail("--start-offset and --end-offset go with --ground-truth")
     store, prefix = _store_and_prefix(capture, settings)
+    labels = None
+    if ground_truth is not None:
+        labels = _label_source(ground_truth, capture, settings, start_offset, end_offset)
     output = output or f"monitoring/{settings.endpoint}/schedule"
     if schedule is None:
         t0, t1 = _time(start, "start"), _time(end, "end")
         if t0 and t1 and t1 <= t0:
             raise _fail("--end must come after --start")
-        raise typer.Exit(_run_once(store, prefix, output, t0, t1, settings, 24, as_json))
+        raise typer.Exit(_run_once(store, prefix, output, t0, t1, settings, 24, as_json, labels))
     fire = _next_fire(schedule, datetime.now(timezone.utc))
     period = _next_fire(schedule, fire) - fire
     runs_per_day = max(1, round(timedelta(days=1) / period))
@@ -350,7 +637,7 @@ def job_cmd(
         while True:
             time.sleep(max(0.0, (fire - datetime.now(timezone.utc)).total_seconds()))
             try:
-                _run_once(store, prefix, output, fire - period, fire, settings, runs_per_day, as_json)
+                _run_once(store, prefix, output, fire - period, fire, settings, runs_per_day, as_json, labels)
             except typer.Exit:
                 pass  # said on stderr (no manifest, a baseline that does not fit): the next run tries again
             fire = _next_fire(schedule, fire)
@@ -379,7 +666,7 @@ def batch_cmd(
     keys = keys_in_range(store.list(prefix), None, None)
     if not keys:
         raise _fail(f"no capture files under {prefix!r}", 1)
-    result, spec = _check(store, settings, keys)
+    result, spec, _ = _check(store, settings, keys)
     uri = store.put(output, json.dumps({"violations": result.violations}, indent=2).encode(), "application/json")
     typer.echo(json.dumps({"violations": result.violations, "predicted_classes": result.predicted_classes,
                            "total": result.total, "unreadable": result.unreadable, "files": len(keys),

@@ -190,9 +190,10 @@ def _resolve_class(text: str, names: dict[str, int], n_classes: int) -> int | No
     return names.get(text)
 
 
-def _parse_label(line: bytes, names: dict[str, int], n_classes: int, where: str,
-                 counts: MergeCounts) -> Label | None:
-    """The label of one line, or ``None`` with the reason counted."""
+def parse_label(line: bytes, names: dict[str, int], n_classes: int, where: str,
+                counts: MergeCounts) -> Label | None:
+    """The label of one line (a file's, a topic message, an item of ``POST /ground-truth``), or
+    ``None`` with the reason counted: the one reader of SageMaker's ground-truth record."""
     def bad(reason: str) -> None:
         counts.bad[reason] += 1
         counts.note(where, reason)
@@ -247,7 +248,7 @@ def read_labels(data: bytes, key: str, class_names: Sequence[str], counts: Merge
     labels = []
     for n, line in enumerate(data.split(b"\n"), 1):
         if line.strip():
-            label = _parse_label(line, names, len(class_names), f"{key}:{n}", counts)
+            label = parse_label(line, names, len(class_names), f"{key}:{n}", counts)
             if label is not None:
                 labels.append(label)
     return labels

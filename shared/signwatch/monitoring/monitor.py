@@ -38,14 +38,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from signwatch.capture import should_sample
 from signwatch.events import BaselineEvent, InferenceEvent, PoisonMessage, ViolationEvent
 from signwatch.monitoring import baseline as bl
-from signwatch.monitoring import registry
+from signwatch.monitoring import model_quality, quality, registry
 from signwatch.monitoring.baseline_keeper import BaselineKeeper, Served
 from signwatch.monitoring.checks import CheckResult, WindowCounts, estimated_accuracy
 from signwatch.monitoring.features import Features, features_of
 from signwatch.monitoring.incidents import Incidents
+from signwatch.monitoring.labels import LabelJoin
 from signwatch.monitoring.learning import LearnedOutbox, Learning
+from signwatch.monitoring.model_quality import QualityConstraints
 from signwatch.monitoring.registry import CHECKS, INCIDENTS, run_checks
 from signwatch.monitoring.sequential import SequentialChecks
 from signwatch.monitoring.sequential import state_key as sequential_key
@@ -99,6 +102,13 @@ class MonitorConfig:
     learn_baseline_s: float = 10_800.0   # with no baseline in the store, learn one this long (learning.py; 0: off)
     learn_baseline_min_count: int = 1000  # ... and from this many predictions at least
     shipped_class_checks: bool = False   # the shipped baseline judges class shares too (else never)
+    ground_truth: bool = True            # join labels with the captured predictions (labels.py)
+    capture_sampling_percentage: float = 100.0  # the predictions a label can name: the captured ones
+    ground_truth_retention_s: int = 7 * 86_400
+    ground_truth_shard_chars: int = 3
+    quality_window_s: int = 3600         # model quality over the pairs matched this long ...
+    quality_last_n: int = 1000           # ... and over the last N matched
+    quality_min_labels: int = 200        # pairs a model-quality window needs to be judged
 
     @classmethod
     def from_settings(cls, s) -> "MonitorConfig":
@@ -118,7 +128,12 @@ class MonitorConfig:
                    sequential=s.monitor_sequential, overrides=overrides,
                    learn_baseline_s=s.monitor_learn_baseline_seconds,
                    learn_baseline_min_count=s.monitor_learn_baseline_min_count,
-                   shipped_class_checks=s.monitor_shipped_class_checks)
+                   shipped_class_checks=s.monitor_shipped_class_checks,
+                   ground_truth=s.monitor_ground_truth, capture_sampling_percentage=s.capture_sampling_percentage,
+                   ground_truth_retention_s=s.ground_truth_retention_seconds,
+                   ground_truth_shard_chars=s.ground_truth_shard_chars,
+                   quality_window_s=s.monitor_quality_window_seconds, quality_last_n=s.monitor_quality_last_labels,
+                   quality_min_labels=s.monitor_quality_min_labels)
 
 
 @dataclass
@@ -127,6 +142,7 @@ class Evaluation:
     windows: list[WindowCounts]
     results: list[CheckResult]
     estimated_accuracy: float | None
+    quality: dict | None = None  # the labelled pairs' figures (Monitor._judge_quality), when labels are joined
 
 
 MAX_CLOCK_SKEW_S = 300  # how far ahead of the monitor's wall clock an event's time may be
@@ -162,6 +178,16 @@ class Monitor:
         self._tipping: InferenceEvent | None = None
         self.last: Evaluation | None = None
         self.sequential: SequentialChecks | None = None  # made for the baseline on the first counted event
+        # Labels (labels.py, model_quality.py): the join, the constraints, the last figures.
+        self.labels = LabelJoin(state, config.endpoint, self.num_classes, config.ground_truth_retention_s,
+                                config.quality_window_s, max(1, config.quality_window_s // 12),
+                                config.quality_last_n, config.ground_truth_shard_chars) if config.ground_truth else None
+        self.quality_constraints = QualityConstraints(store, quality.constraints_key(self.baseline_prefix),
+                                                      config.baseline_reload_s, clock)
+        self.quality: dict | None = None
+        # Set by the label loop (another thread) once it joined labels: the quality check is due
+        # even when no prediction arrives (labels come days later, often in a quiet hour).
+        self.labels_changed = False
         self.windows.mark_alive()
 
     @property
@@ -175,6 +201,8 @@ class Monitor:
         the previous model still in the windows."""
         self.class_names = tuple(class_names)
         self.windows.n_classes = len(self.class_names)
+        if self.labels is not None:
+            self.labels.num_classes = len(self.class_names)
         if model_version is not None:
             self.model_version = model_version
         self.baseline_keeper.set_model(self._served())
@@ -335,6 +363,10 @@ class Monitor:
         decisions = self.tracks.decide([(e, f.class_id) for e, f in readable], read_state=not rebuild)
         counted = [item for item, d in zip(readable, decisions) if not d.folded]
         applied = self.windows.record_many(counted) if counted else []
+        if self.labels is not None and not rebuild:  # every captured prediction may be labelled, folded or not
+            pct = self.config.capture_sampling_percentage
+            self.labels.record_predictions([e for e, _ in readable if should_sample(e.event_id, pct)],
+                                           self.wall_clock())
         if not rebuild:  # a recount after a lost Redis: the sequential state was not lost
             new = [item for item, fresh in zip(counted, applied) if fresh]
             self._sequential_update(new)
@@ -384,7 +416,8 @@ class Monitor:
 
     def tick(self, force: bool = False) -> list[ViolationEvent]:
         """Run the checks if events wait and the interval passed (or ``force``)."""
-        if not self._since_check or (not force and self.clock() - self._last_check < self.config.check_interval_s):
+        if not (self._since_check or self.labels_changed) \
+                or (not force and self.clock() - self._last_check < self.config.check_interval_s):
             return []
         return self.evaluate()
 
@@ -393,7 +426,7 @@ class Monitor:
         self.baseline_keeper.maybe_take_over_learned(self._served())
         now = self._now_ts or time.time()
         tipping = self._tipping
-        self._since_check, self._last_check = 0, self.clock()
+        self._since_check, self._last_check, self.labels_changed = 0, self.clock(), False
         windows = [self.windows.time_window(now), self.windows.count_window()]
         judge = self.judge_classes
         results = [r for w in windows for r in run_checks(w, self.baseline, self.alpha, self.class_names,
@@ -401,10 +434,12 @@ class Monitor:
         if self.sequential is not None and self.baseline is not None \
                 and self.sequential.baseline_id == self.baseline.baseline_id:
             results += [r for r in self.sequential.results() if registry.get(r.name).runs(True, judge)]
-        self.last = Evaluation(now, windows, results, estimated_accuracy(windows[0], self.baseline))
+        quality_results, mistaken = self._judge_quality()
+        results += quality_results
+        self.last = Evaluation(now, windows, results, estimated_accuracy(windows[0], self.baseline), self.quality)
         rate = windows[0].total / max(1, windows[0].seconds or self.config.window_s)  # predictions a second
         context = EvaluationContext(self.baseline, self.sequential, self.class_names, self.model_version,
-                                    self._now_ts)
+                                    self._now_ts, mistaken)
         out: list[ViolationEvent] = []
         for group in INCIDENTS:
             mine = [r for r in results if registry.get(r.name).incident == group]
@@ -427,6 +462,28 @@ class Monitor:
         if self.clock() - self._last_snapshot >= self.config.snapshot_interval_s or out:
             self._write_snapshot(now)
         return out
+
+    def _judge_quality(self) -> tuple[list[CheckResult], frozenset[str]]:
+        """The labelled pairs' figures (kept for the snapshot and the gauges) and, with
+        model-quality constraints in the store, the ``model_quality`` results of both windows."""
+        if self.labels is None:
+            return [], frozenset()
+        now = self.wall_clock()
+        recent = self.labels.recent()
+        windows = {"time": self.labels.window(now), "count": model_quality.from_recent(recent, self.num_classes)}
+        constraints = self.quality_constraints.get()
+        self.quality = {kind: model_quality.summary(w, self.baseline, self.class_names) for kind, w in windows.items()}
+        self.quality["join"] = self.labels.stats(now)
+        self.quality["constraints"] = constraints is not None
+        if constraints is None:
+            return [], frozenset()
+        try:
+            results = [model_quality.judge(w, kind, constraints, self.num_classes, self.config.quality_min_labels)
+                       for kind, w in windows.items()]
+        except ValueError as exc:  # constraints on metrics we lack: said once a reload, judged as none
+            log.warning("model-quality constraints not usable: %s", exc)
+            return [], frozenset()
+        return results, frozenset(p.note for p in recent if p.true != p.predicted)
 
     def published(self, violation: ViolationEvent) -> None:
         """The bus acknowledged ``violation`` (or can never take it): its outbox entry is done.
@@ -480,6 +537,7 @@ class Monitor:
             "sequential": {k.name: by[(k.name, "count")].statistic for k in CHECKS
                            if k.kind == "sequential" and (k.name, "count") in by} or None,
             "incidents": incidents,
+            "quality": self.quality,
         }
 
     def _write_snapshot(self, now: float) -> None:

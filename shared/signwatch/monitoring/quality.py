@@ -45,6 +45,24 @@ SUBSAMPLES = 5
 SUBSAMPLE_SHARE = 0.8
 NOT_A_NUMBER = "NaN"
 
+# Where the model-quality files sit beside the drift ones: a baseline's under
+# ``{drift baseline prefix}/model-quality/`` (SageMaker runs model-quality baselining as a job of
+# its own, with its own output), a run's under ``{run folder}/model_quality/``.
+BASELINE_FOLDER = "model-quality"
+RUN_FOLDER = "model_quality"
+STATISTICS_FILE, CONSTRAINTS_FILE, VIOLATIONS_FILE = "statistics.json", "constraints.json", "constraint_violations.json"
+
+
+def baseline_prefix(drift_baseline_prefix: str) -> str:
+    """The store prefix of the model-quality baseline of an endpoint whose drift baseline sits at
+    ``drift_baseline_prefix`` (``baselines/{endpoint}``)."""
+    return f"{drift_baseline_prefix.rstrip('/')}/{BASELINE_FOLDER}"
+
+
+def constraints_key(drift_baseline_prefix: str) -> str:
+    return f"{baseline_prefix(drift_baseline_prefix)}/{CONSTRAINTS_FILE}"
+
+
 # The comparison operators of model-quality constraints: the metric violates when it lies on
 # the named side of the threshold
 OPERATORS = {

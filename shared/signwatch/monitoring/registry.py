@@ -7,15 +7,18 @@ never spell a check's name out. One entry says:
   ``check_type`` (SageMaker's ``constraint_check_type``);
 - ``test``: how it decides, in words; ``kind``: ``"window"`` (a function of a window's counts,
   run on the time and the count window at each evaluation, and by the job on its batch) or
-  ``"sequential"`` (evidence accumulated per prediction, ``signwatch.monitoring.sequential``);
-- ``needs``: ``"nothing"``, ``"baseline"``, or ``"class_baseline"`` (it judges class shares: it
-  runs only against a baseline made from the endpoint's own traffic, see ``Monitor.judge_classes``);
+  ``"sequential"`` (evidence accumulated per prediction, ``signwatch.monitoring.sequential``) or
+  ``"quality"`` (metrics of the labelled predictions, ``signwatch.monitoring.model_quality``);
+- ``needs``: ``"nothing"``, ``"baseline"``, ``"class_baseline"`` (it judges class shares: it
+  runs only against a baseline made from the endpoint's own traffic, see ``Monitor.judge_classes``),
+  or ``"quality_constraints"`` (labels and a model-quality baseline: ``model_quality.py``);
 - ``budget_share``: its share of the false-alarm budget ``alpha_per_day`` (0 for a fixed rule);
   the shares of the checks that run are renormalised to sum to 1, so the whole monitor, window
   and sequential checks together, expects at most ``alpha_per_day`` false alarms a day;
 - ``samples``: which predictions a violation carries (``"class"``: of the class it names,
   ``"mover"``: of the class whose share rose most against the baseline (an attack's target, the
-  class snowy signs are taken for), ``"unsure"``: the low-confidence ones, ``"none"``);
+  class snowy signs are taken for), ``"unsure"``: the low-confidence ones, ``"mistaken"``: of the
+  class the labels show the model answers most often wrongly, the misclassified ones first, ``"none"``);
 - ``incident``: checks of one group that fail together are one incident (``incidents.py``);
 - ``clear``: when its evidence is gone, well below the line it crossed (the incident's hysteresis).
 """
@@ -58,11 +61,11 @@ class Check:
     feature: str
     check_type: str
     test: str
-    kind: str          # "window" | "sequential"
-    needs: str         # "nothing" | "baseline" | "class_baseline"
+    kind: str          # "window" | "sequential" | "quality"
+    needs: str         # "nothing" | "baseline" | "class_baseline" | "quality_constraints"
     budget_share: float
-    samples: str       # "class" | "mover" | "unsure" | "none"
-    incident: str      # "model" | "data"
+    samples: str       # "class" | "mover" | "unsure" | "mistaken" | "none"
+    incident: str      # "model" | "data" | "quality"
     description: str
     clear: Callable[[CheckResult], bool]
     run: Callable[[WindowCounts, Context], CheckResult] | None = None  # window checks
@@ -145,7 +148,16 @@ SEQUENTIAL = tuple(
           f"the {s.what} departs from the baseline (sequential evidence)", _sequential_clear)
     for s in SEQUENTIAL_CHECKS)
 
-CHECKS: tuple[Check, ...] = WINDOW_CHECKS + SEQUENTIAL
+# Labels tell more than any drift: a quality incident is its own, beside the model's drift one.
+QUALITY = (
+    Check("model_quality", "ModelQuality", "LessThanThreshold",
+          "SageMaker's multiclass metrics of the labelled predictions (accuracy, weighted precision, recall, "
+          "F0.5, F1, F2) against the model-quality constraints, on the pairs matched in the quality window and "
+          "the last N", "quality", "quality_constraints", 0.0, "mistaken", "quality",
+          "a model-quality metric crossed its constraint", lambda r: not r.failing),
+)
+
+CHECKS: tuple[Check, ...] = WINDOW_CHECKS + SEQUENTIAL + QUALITY
 BY_NAME = {check.name: check for check in CHECKS}
 INCIDENTS = tuple(dict.fromkeys(check.incident for check in CHECKS))
 

@@ -55,6 +55,8 @@ class EvaluationContext:
     class_names: tuple[str, ...]
     model_version: str | None
     now_ts: float  # event time of the newest event seen (0: none yet, the wall clock stands in)
+    # ids of recently labelled predictions the model got wrong (a quality violation's samples first)
+    mistaken: frozenset[str] = frozenset()
 
     @property
     def baseline_id(self) -> str | None:
@@ -73,8 +75,12 @@ class ViolationWriter:
         names = names_in_order(failing)
         counts = next(w for w in windows if w.kind == r.window)
         now = context.now_ts or time.time()
-        window = ViolationWindow(kind=r.window, seconds=counts.seconds, size=counts.size,
-                                 start=datetime.fromtimestamp(now - counts.seconds, timezone.utc) if counts.seconds else None,
+        seconds, size = counts.seconds, counts.size
+        if registry.get(r.name).kind == "quality":  # a window of labelled pairs, not of predictions
+            seconds, size = ((self.config.quality_window_s, None) if r.window == "time"
+                             else (None, self.config.quality_last_n))
+        window = ViolationWindow(kind=r.window, seconds=seconds, size=size,
+                                 start=datetime.fromtimestamp(now - seconds, timezone.utc) if seconds else None,
                                  end=datetime.fromtimestamp(now, timezone.utc))
         also = [n for n in names if n != r.name]
         description = r.description + (f" (failing with it: {', '.join(also)})" if also else "")
@@ -87,7 +93,7 @@ class ViolationWriter:
                     check=check, check_name=r.name, checks=names, class_id=class_id,
                     share=round(r.count / r.n, 6) if r.count and r.n else None, observed=r.observed,
                     statistic=r.statistic, p_value=r.p_value, threshold=r.threshold, count=r.count, total=r.n,
-                    window_seconds=counts.seconds or 0, window=window, baseline_id=context.baseline_id,
+                    window_seconds=seconds or 0, window=window, baseline_id=context.baseline_id,
                     tipped_at=tipping.time if tipping else None)
         draft = ViolationEvent(**base)
         report = (f"{self.config.reports_prefix}/{self.config.endpoint}/violations/"
@@ -123,7 +129,8 @@ class ViolationWriter:
     def _class_of(self, result: CheckResult, counts: WindowCounts, context: EvaluationContext) -> int | None:
         """The class a violation is about: the one its check names, else, for a check that shows
         the class whose share rose most (``registry``: samples "mover"), that one."""
-        if result.class_id is not None and registry.get(result.name).feature == CLASS_FEATURE:
+        if result.class_id is not None and (registry.get(result.name).feature == CLASS_FEATURE
+                                            or registry.get(result.name).samples == "mistaken"):
             return result.class_id
         return self._mover(result, counts, context) if registry.get(result.name).samples == "mover" else None
 
@@ -147,6 +154,9 @@ class ViolationWriter:
             raw = self.windows.samples(self._class_of(result, counts, context))
         elif how == "mover":
             raw = self.windows.samples(self._mover(result, counts, context))
+        elif how == "mistaken":  # the class the model answers wrongly most: its misclassified ones first
+            raw = self.windows.samples(result.class_id) if result.class_id is not None else []
+            raw = sorted(raw, key=lambda s: s.get("event_id") not in context.mistaken)
         else:  # "unsure": the low-confidence predictions, if any were kept
             raw = self.windows.samples(None) or self.windows.samples(self._mover(result, counts, context))
         out = []

@@ -111,3 +111,30 @@ def publish_and_wait(bus: "EventBus", topic: str, key: str, value: bytes, timeou
         too_large = isinstance(err, MessageTooLarge) or any(n in f"{type(err).__name__} {err}" for n in _TOO_LARGE)
         error = MessageTooLarge if too_large else PublishError
         raise error(f"{topic}/{key} not delivered: {err}") from err
+
+
+def publish_all(bus: EventBus, topic: str, messages: list[tuple[str, bytes]],
+                timeout_s: float = 10.0) -> tuple[int, str | None]:
+    """Publish every message, then wait once for the bus: ``(acknowledged, error or None)``.
+    One flush for the batch, not one per message (``publish_and_wait``'s way), so that 10,000
+    messages (POST /ground-truth's labels) cost one round of the producer's batching, not 10,000."""
+    outcomes: list[Exception | None] = [None] * len(messages)
+    acked = [False] * len(messages)
+
+    def on_delivery(i: int):
+        def report(err: Exception | None) -> None:  # on the producer's thread, for Kafka
+            outcomes[i], acked[i] = err, True
+        return report
+
+    error = None
+    try:
+        for i, (key, value) in enumerate(messages):
+            bus.publish(topic, key, value, on_delivery=on_delivery(i))
+        bus.flush(timeout_s)
+    except PublishError as exc:  # a full client queue, or not all delivered within timeout_s
+        error = str(exc)
+    delivered = sum(1 for ok, err in zip(acked, outcomes) if ok and err is None)
+    if error is None and delivered < len(messages):
+        failed = next((err for ok, err in zip(acked, outcomes) if ok and err is not None), None)
+        error = str(failed) if failed else f"{len(messages) - delivered} messages not acknowledged within {timeout_s}s"
+    return delivered, error

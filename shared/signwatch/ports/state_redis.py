@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import redis
 
-from signwatch.ports.state import Increment, OutboxEntry, Push
+from signwatch.ports.state import Increment, JoinItem, JoinKeys, OutboxEntry, Push
 
 # KEYS[1] = token; then the increment keys; then the push keys.
 # ARGV = token_ttl, n_incr, (field, amount, ttl) * n_incr, (value, max_len, ttl) * n_push
@@ -51,6 +51,104 @@ end
 return 1
 """
 
+# KEYS = the day hashes' names (newest first; sharded: name:field[:n]), their counters (same order),
+# the pairs hash, the recent list. (A sharded day's hashes are not in KEYS: the script builds their
+# names, which a standalone Redis or Sentinel allows; a Redis Cluster would need hash tags.)
+# ARGV = n days, day ttl, pairs ttl, recent max, shard chars, then
+# (side p|l, field, value, alias or '', note) * items.
+# StateStore.join says what it does; MemoryState._join_one is the same, line for line.
+_JOIN = """
+local n = tonumber(ARGV[1])
+local day_ttl, pairs_ttl, recent_max, k = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+local pairs_key, recent_key = KEYS[2 * n + 1], KEYS[2 * n + 2]
+local function where(i, field)
+  if k > 0 then return KEYS[i] .. ':' .. string.sub(field, 1, k), string.sub(field, k + 1) end
+  return KEYS[i], field
+end
+local function find(field)
+  for i = 1, n do
+    local key, f = where(i, field)
+    local v = redis.call('HGET', key, f)
+    if v then return i, v end
+  end
+  return nil, nil
+end
+local function set(i, field, value)
+  local key, f = where(i, field)
+  redis.call('HSET', key, f, value)
+  if i == 1 then redis.call('EXPIRE', key, day_ttl) end
+end
+local function bump(i, field, amount)
+  redis.call('HINCRBY', KEYS[n + i], field, amount)
+  redis.call('EXPIRE', KEYS[n + i], day_ttl)
+end
+local function pair(t, pred, note)
+  local c = string.find(pred, ',', 1, true)
+  local p, bin = string.sub(pred, 1, c - 1), string.sub(pred, c + 1)
+  redis.call('HINCRBY', pairs_key, t .. ',' .. p, 1)
+  redis.call('HINCRBY', pairs_key, 'n' .. bin, 1)
+  if t == p then redis.call('HINCRBY', pairs_key, 'c' .. bin, 1) end
+  redis.call('EXPIRE', pairs_key, pairs_ttl)
+  redis.call('LPUSH', recent_key, t .. ',' .. p .. ',' .. bin .. ',' .. note)
+  redis.call('LTRIM', recent_key, 0, recent_max - 1)
+  redis.call('EXPIRE', recent_key, pairs_ttl)
+  bump(1, 'matched', 1)
+end
+local out = {}
+local a = 6
+while a <= #ARGV do
+  local side, field, value, alias, note = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+  a = a + 5
+  local result = nil
+  if side == 'p' then
+    for _, f in ipairs({field, alias}) do
+      if result == nil and f ~= '' then
+        local i, v = find(f)
+        if v and string.sub(v, 1, 1) == 'L' then
+          set(i, f, 'M')
+          bump(i, 'labels_waiting', -1)
+          if f == alias then set(1, field, 'M') elseif alias ~= '' then set(1, alias, 'A' .. field) end
+          pair(string.sub(v, 2), value, note)
+          result = 'matched'
+        elseif v and f == field then
+          result = 'seen'
+        end
+      end
+    end
+    if result == nil then
+      set(1, field, 'P' .. value)
+      if alias ~= '' then set(1, alias, 'A' .. field) end
+      bump(1, 'predictions_pending', 1)
+      result = 'pending'
+    end
+  else
+    local f = field
+    local i, v = find(f)
+    if v and string.sub(v, 1, 1) == 'A' then
+      f = string.sub(v, 2)
+      i, v = find(f)
+    end
+    if v == nil then
+      set(1, field, 'L' .. value)
+      bump(1, 'labels_waiting', 1)
+      result = 'waiting'
+    elseif string.sub(v, 1, 1) == 'P' then
+      set(i, f, 'M')
+      bump(i, 'predictions_pending', -1)
+      pair(value, string.sub(v, 2), note)
+      result = 'matched'
+    else
+      bump(1, 'duplicates', 1)
+      result = 'duplicate'
+    end
+  end
+  out[#out + 1] = result
+end
+return out
+"""
+# Items per script call: the server runs nothing else while a script runs (500 take ~2 ms).
+JOIN_CHUNK = 500
+
 
 class RedisState:
     def __init__(self, url: str) -> None:
@@ -60,6 +158,7 @@ class RedisState:
         )
         self._apply = self._client.register_script(_APPLY_ONCE)
         self._claim = self._client.register_script(_CLAIM)
+        self._join = self._client.register_script(_JOIN)
 
     @staticmethod
     def _script_args(token: str, token_ttl_s: int, increments: list[Increment], pushes: list[Push]):
@@ -116,6 +215,20 @@ class RedisState:
 
     def outbox_done(self, key: str, entry_id: str) -> None:
         self._client.hdel(key, entry_id)
+
+    def join(self, keys: JoinKeys, items: list[JoinItem]) -> list[str]:
+        """Lua scripts of ``JOIN_CHUNK`` items, pipelined in one round trip; each item atomic."""
+        if not items:
+            return []
+        script_keys = [*keys.days, *keys.day_stats, keys.pairs, keys.recent]
+        head = [len(keys.days), max(1, keys.day_ttl_s), max(1, keys.pairs_ttl_s), keys.recent_max, keys.shard_chars]
+        pipe = self._client.pipeline(transaction=False)
+        for start in range(0, len(items), JOIN_CHUNK):
+            args: list[object] = list(head)
+            for it in items[start:start + JOIN_CHUNK]:
+                args += ["p" if it.side == "prediction" else "l", it.field, it.value, it.alias or "", it.note]
+            self._join(keys=script_keys, args=args, client=pipe)
+        return [outcome for chunk in pipe.execute() for outcome in chunk]
 
     def delete(self, *keys: str) -> None:
         if keys:
