@@ -33,7 +33,7 @@ _PORTS = ("bus_url", "store_url", "state_url", "s3_access_key", "s3_secret_key",
 REQUIRED_SETTINGS = {
     "inference": _PORTS + ("port", "admin_token"),
     "capture": _PORTS + ("capture_port",),
-    "monitor": _PORTS + ("monitor_port",),
+    "monitor": _PORTS + ("monitor_port", "admin_token"),  # admin_token: POST /ground-truth
     "explainer": _PORTS + ("explainer_port",),
 }
 SHUTDOWN_GRACE_S = 60  # the longest a consumer loop may take to finish its message and commit

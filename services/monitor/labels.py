@@ -80,11 +80,9 @@ class LabelHandler:
         if not self._batch:
             return
         monitor = self.monitor_of()
-        outcomes = Counter(monitor.labels.add_labels(self._batch, time.time()))
+        outcomes = Counter(monitor.add_labels(self._batch))  # the monitor's loop judges at its next tick
         for outcome, n in outcomes.items():
             self.outcomes.labels(self.endpoint, outcome).inc(n)
-        if outcomes["matched"]:
-            monitor.labels_changed = True  # the monitor's loop judges model quality at its next tick
         self._batch = []
 
     def discard(self) -> None:

@@ -58,13 +58,13 @@ def test_pairs_are_counted_once_whatever_the_order_and_the_metrics_are_sklearns(
     monitor, _ = _monitor(tmp_path, clock)
     labelled = _events(clock, rng, 300, 0.8, inference_ids=True)
     early = [(e.inference_id, t) for e, t in labelled[:100]]      # labels before their predictions
-    assert set(monitor.labels.add_labels(early, clock.t)) == {"waiting"}
+    assert set(monitor.add_labels(early)) == {"waiting"}
     monitor.observe_many([e for e, _ in labelled])
     late = [(e.event_id, t) for e, t in labelled[100:]]
-    assert set(monitor.labels.add_labels(late, clock.t)) == {"matched"}
+    assert set(monitor.add_labels(late)) == {"matched"}
     again = [(e.event_id, t) for e, t in labelled[:50]] + [(e.inference_id, t) for e, t in labelled[200:]]
-    assert set(monitor.labels.add_labels(again, clock.t)) == {"duplicate"}
-    assert monitor.labels.add_labels([("never-served", 3)], clock.t) == ["waiting"]
+    assert set(monitor.add_labels(again)) == {"duplicate"}
+    assert monitor.add_labels([("never-served", 3)]) == ["waiting"]
     stats = monitor.labels.stats(clock.t)
     assert stats == {"matched": 300, "duplicates": 150, "predictions_pending": 0, "labels_waiting": 1}
 
@@ -106,7 +106,7 @@ def test_accuracy_falling_under_labels_is_one_quality_violation_naming_the_metri
     monitor, store = _monitor(tmp_path, clock)
     good = _events(clock, rng, 400, 0.95)
     monitor.observe_many([e for e, _ in good])
-    monitor.labels.add_labels([(e.event_id, t) for e, t in good], clock.t)
+    monitor.add_labels([(e.event_id, t) for e, t in good])
     y_true, y_pred = [t for _, t in good], [e.output.predictions[0].class_id for e, _ in good]
     constraints = quality.quality_constraints(quality.multiclass_metrics(y_true, y_pred, 43), tolerance=0.1)
     store.put(quality.constraints_key(monitor.baseline_prefix), json.dumps(constraints).encode(), "application/json")
@@ -118,7 +118,7 @@ def test_accuracy_falling_under_labels_is_one_quality_violation_naming_the_metri
     for _ in range(6):  # snow: labels show 60% right
         bad = _events(clock, rng, 100, 0.6)
         monitor.observe_many([e for e, _ in bad])
-        monitor.labels.add_labels([(e.event_id, t) for e, t in bad], clock.t)
+        monitor.add_labels([(e.event_id, t) for e, t in bad])
         raised += [v for v in monitor.evaluate() if v.check_name == "model_quality"]
     [violation] = raised
     assert violation.check.constraint_check_type == "LessThanThreshold"
@@ -129,3 +129,17 @@ def test_accuracy_falling_under_labels_is_one_quality_violation_naming_the_metri
     assert abs(snap["count"]["estimate_error"]) < 1
     report = json.loads(store.get(violation.report))
     assert report["violations"][0]["constraint_check_type"] == "LessThanThreshold"
+
+
+def test_the_snapshot_confusion_keeps_the_busiest_classes_of_a_large_model():
+    from signwatch.monitoring.labels import LabelledWindow
+    from signwatch.monitoring.model_quality import MAX_CONFUSION_CLASSES, summary
+
+    n = 1000
+    confusion = np.zeros((n, n), dtype=np.int64)
+    confusion[np.arange(n), np.arange(n)] = np.arange(1, n + 1)  # class c labelled c + 1 times
+    out = summary(LabelledWindow(confusion, np.zeros(10, dtype=np.int64), np.zeros(10, dtype=np.int64)), None,
+                  tuple(str(i) for i in range(n)))
+    assert out["confusion"]["classes_seen"] == n and len(out["confusion"]["classes"]) == MAX_CONFUSION_CLASSES
+    assert out["confusion"]["classes"] == list(range(n - MAX_CONFUSION_CLASSES, n))
+    assert out["accuracy"] == 1.0

@@ -28,6 +28,7 @@ import numpy as np
 
 from signwatch.data.classes import CLASS_NAMES as GTSRB_CLASS_NAMES
 from signwatch.model.core import MODELS_DIR
+from signwatch.monitoring import estimate
 from signwatch.monitoring.features import EDGES, N_BINS, Features, bin_of
 
 CLASS_FEATURE, CONFIDENCE_FEATURE, MARGIN_FEATURE = "PredictedClass", "Confidence", "Margin"
@@ -78,6 +79,9 @@ class Baseline:
     atc_bin: int | None               # bins >= this count as "probably right" (ATC)
     thresholds: Thresholds
     model: dict | None = None         # the model it was made for: version, num_classes (when recorded)
+    # per confidence bin, the share right in labelled calibration data with shifted sets
+    # (``estimate.bin_accuracy``): the label-free estimate's table, when suggested with them
+    bin_accuracy: np.ndarray | None = None
 
     @property
     def class_shares(self) -> np.ndarray:
@@ -143,9 +147,15 @@ def _atc_bin(confidence: np.ndarray, accuracy: float) -> int:
 
 def suggest(features: list[Features], n_classes: int, labels: list[int] | None = None,
             source: str = "", thresholds: Thresholds | None = None, min_items: int = 100,
-            model_version: str | None = None) -> tuple[dict, dict]:
+            model_version: str | None = None,
+            calibration: list[tuple[list[Features], list[int]]] | None = None) -> tuple[dict, dict]:
     """``statistics.json`` and ``constraints.json`` for reference predictions of a model with
-    ``n_classes`` classes (recorded, with ``model_version``, under ``signwatch.model``)."""
+    ``n_classes`` classes (recorded, with ``model_version``, under ``signwatch.model``).
+
+    ``calibration``: labelled predictions on shifted data (rendered snow, night, fog) beside the
+    labelled reference; with them the label-free estimate's table (``signwatch.bin_accuracy``,
+    ``estimate.bin_accuracy``) is learned from the reference and every set alike. They describe
+    the model's confidence under shift only: the drift statistics are the reference's alone."""
     if len(features) < min_items:
         raise ValueError(f"a baseline needs at least {min_items} predictions, got {len(features)}")
     classes = np.array([f.class_id for f in features])
@@ -162,6 +172,12 @@ def suggest(features: list[Features], n_classes: int, labels: list[int] | None =
     if labels is not None:
         accuracy = float((classes == np.array(labels)).mean())
         extra |= {"labelled_accuracy": accuracy, "atc_bin": _atc_bin(conf, accuracy)}
+        if calibration:
+            sets = [(features, labels)] + list(calibration)
+            extra |= {"bin_accuracy": [round(float(a), 6) for a in estimate.bin_accuracy(
+                          [([f.confidence_bin for f in fs], [f.class_id == y for f, y in zip(fs, ys)])
+                           for fs, ys in sets])],
+                      "bin_accuracy_sets": [len(fs) for fs, _ in sets]}
     return _documents(counts, _numerical(CONFIDENCE_FEATURE, conf), _numerical(MARGIN_FEATURE, margin), extra,
                       thresholds)
 
@@ -326,8 +342,20 @@ def load(statistics: dict, constraints: dict, n_classes: int, overrides: dict | 
         class_counts=class_counts, confidence_counts=confidence_counts, margin_counts=margin_counts,
         low_confidence_count=int(low), mean_confidence=mean_confidence,
         accuracy=extra.get("labelled_accuracy"), atc_bin=extra.get("atc_bin"), thresholds=thresholds,
-        model=extra.get("model"),
+        model=extra.get("model"), bin_accuracy=_bin_table(extra.get("bin_accuracy")),
     )
+
+
+def _bin_table(values) -> np.ndarray | None:
+    """The calibration table, when it has one share per bin of ``features`` (else the estimate
+    falls back to ATC rather than misreading another bin layout)."""
+    if not isinstance(values, list) or len(values) != N_BINS:
+        return None
+    try:
+        table = np.array([float(v) for v in values])
+    except (TypeError, ValueError):
+        return None
+    return table if np.all((table >= 0) & (table <= 1)) else None
 
 
 def load_folder(folder: Path, n_classes: int, overrides: dict | None = None) -> Baseline:

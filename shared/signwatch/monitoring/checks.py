@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special
 
+from signwatch.monitoring import estimate
 from signwatch.monitoring.baseline import CLASS_FEATURE, CONFIDENCE_FEATURE, MARGIN_FEATURE, Baseline, Thresholds
 from signwatch.monitoring.features import N_BINS
 
@@ -209,10 +210,13 @@ def completeness(w: WindowCounts, t: Thresholds) -> CheckResult:
 
 
 def estimated_accuracy(w: WindowCounts, b: Baseline | None) -> float | None:
-    """Label-free accuracy: ATC (share above the baseline's threshold) when the baseline had
-    labels, else the average confidence. See docs/monitoring.md for when to trust it."""
+    """Label-free accuracy (``estimate``): binned calibration when the baseline holds its table,
+    else ATC (share above the baseline's threshold) when the baseline had labels, else the average
+    confidence. See docs/monitoring.md, "Which accuracy estimate ships", for how far off each is."""
     if not w.total:
         return None
-    if b is not None and b.atc_bin is not None:
-        return float(w.confidence_counts[b.atc_bin:].sum() / w.total)
-    return w.confidence_sum / w.total
+    if b is not None:
+        found = estimate.from_bins(w.confidence_counts, b.bin_accuracy, b.atc_bin)
+        if found is not None:
+            return found
+    return estimate.average_confidence(w.confidence_counts, w.confidence_sum)

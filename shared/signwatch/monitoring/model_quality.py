@@ -32,6 +32,7 @@ from signwatch.monitoring.labels import LabelledWindow, RecentPair
 from signwatch.ports.store import ObjectStore
 
 CHECK = "model_quality"
+MAX_CONFUSION_CLASSES = 43  # classes of the confusion matrix in the snapshot: those with most pairs
 log = logging.getLogger(__name__)
 
 
@@ -77,14 +78,19 @@ def summary(window: LabelledWindow, baseline: Baseline | None, class_names: Sequ
         t, p = window.pairs()
         metrics = quality.multiclass_metrics(t, p, len(class_names))
         out |= {name: metrics[name]["value"] for name in quality.METRICS}
-        seen = np.flatnonzero(window.confusion.sum(axis=0) + window.confusion.sum(axis=1))
-        out["confusion"] = {"classes": [int(c) for c in seen],
+        weight = window.confusion.sum(axis=0) + window.confusion.sum(axis=1)
+        seen = np.flatnonzero(weight)
+        if len(seen) > MAX_CONFUSION_CLASSES:  # the snapshot stays small for a model of 1,000 classes
+            seen = np.sort(seen[np.argsort(-weight[seen], kind="stable")[:MAX_CONFUSION_CLASSES]])
+        out["confusion"] = {"classes": [int(c) for c in seen], "classes_seen": int((weight > 0).sum()),
                             "counts": window.confusion[np.ix_(seen, seen)].tolist()}
     return out
 
 
-def judge(window: LabelledWindow, kind: str, constraints: dict, n_classes: int, min_labels: int) -> CheckResult:
-    """The ``model_quality`` result of one window (``kind``: "time" or "count")."""
+def judge(window: LabelledWindow, kind: str, constraints: dict, n_classes: int, min_labels: int,
+          seconds: int | None = None) -> CheckResult:
+    """The ``model_quality`` result of one window (``kind``: "time", the pairs matched in the last
+    ``seconds``, or "count", the last pairs matched)."""
     n = window.total
     if n < min_labels:
         return CheckResult(CHECK, "accuracy", "LessThanThreshold", kind, n, False, judged=False)
@@ -95,7 +101,9 @@ def judge(window: LabelledWindow, kind: str, constraints: dict, n_classes: int, 
     first = breaches[0]["metric_name"] if breaches else next(iter(inner), "accuracy")
     value = metrics[first]["value"]
     wrong = n - int(np.trace(window.confusion))
-    description = "; ".join(b["description"] for b in breaches) + f" over the last {n} labelled predictions"
+    over = (f"the {n} predictions labelled in the last {seconds} s" if kind == "time" and seconds
+            else f"the last {n} labelled predictions")
+    description = "; ".join(b["description"] for b in breaches) + f" (over {over})"
     return CheckResult(CHECK, first, inner.get(first, {}).get("comparison_operator", "LessThanThreshold"), kind, n,
                        bool(breaches), observed=value, statistic=value, threshold=inner.get(first, {}).get("threshold"),
                        class_id=most_mistaken_class(window), count=wrong, description=description)
