@@ -35,6 +35,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.unit.helpers: the events the unit tests use
 
 
+def _classes() -> int:
+    """The shipped model's class count (its manifest), which these streams are drawn from."""
+    from signwatch.model.core import load_spec
+
+    return load_spec().num_classes
+
+
 def _stack():
     from signwatch.config import Settings
     from signwatch.stack import status
@@ -55,10 +62,11 @@ def _events(n: int, rng, right_share: float = 0.9):
     from tests.unit.helpers import inference_event
 
     template = inference_event()
+    k = _classes()
     out = []
     for _ in range(n):
-        true = int(rng.integers(0, 43))
-        pred = true if rng.random() < right_share else int((true + 1 + rng.integers(0, 42)) % 43)
+        true = int(rng.integers(0, k))
+        pred = true if rng.random() < right_share else int((true + 1 + rng.integers(0, k - 1)) % k)
         top = template.output.predictions[0].model_copy(update={"class_id": pred,
                                                                  "probability": float(rng.uniform(0.3, 1))})
         out.append((template.model_copy(update={"event_id": str(uuid.uuid4()), "time": datetime.now(timezone.utc),
@@ -80,7 +88,7 @@ def join_rate(s, n: int) -> dict:
 
     r = redis.Redis.from_url(s.state_url)
     state = RedisState(s.state_url)
-    join = LabelJoin(state, s.endpoint, 43, 7 * 86_400, 3600, 300, 1000, shard_chars=3)
+    join = LabelJoin(state, s.endpoint, _classes(), 7 * 86_400, 3600, 300, 1000, shard_chars=3)
     events = _events(n, np.random.default_rng(1))
     for i in range(0, n, 1000):
         join.record_predictions([e for e, _ in events[i:i + 1000]], time.time())
@@ -114,7 +122,7 @@ def bytes_per_pending(s, n: int) -> dict:
     out = {"event_bytes": len(events[0].to_bytes())}
     for shards in (3, 0):
         endpoint = f"{s.endpoint}-m{shards}"
-        join = LabelJoin(RedisState(s.state_url), endpoint, 43, 7 * 86_400, 3600, 300, 1000, shard_chars=shards)
+        join = LabelJoin(RedisState(s.state_url), endpoint, _classes(), 7 * 86_400, 3600, 300, 1000, shard_chars=shards)
         r.execute_command("MEMORY", "PURGE")
         before = r.info("memory")["used_memory"]
         for i in range(0, n, 2000):
@@ -192,7 +200,7 @@ def seconds_to_violation(s, trials: int) -> list[float]:
         good, bad = _events(400, np.random.default_rng(10 + trial), 0.95), _events(400, np.random.default_rng(20 + trial), 0.5)
         y = [(e.output.predictions[0].class_id, tr) for e, tr in good]
         constraints = quality.quality_constraints(
-            quality.multiclass_metrics([tr for _, tr in y], [p for p, _ in y], 43), tolerance=0.1)
+            quality.multiclass_metrics([tr for _, tr in y], [p for p, _ in y], _classes()), tolerance=0.1)
         ports.store.put(quality.constraints_key(monitor.baseline_prefix), json.dumps(constraints).encode(),
                         "application/json")
         monitor.labels.record_predictions([e for e, _ in good + bad], time.time())
@@ -233,16 +241,15 @@ def estimate_errors(cache: Path | None) -> dict:
     from signwatch.monitoring.model_quality import estimate_from_bins
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from estimators import pools_for  # beside this file: the same streams, cached alike
+    from estimators import load_pools  # beside this file: the same streams, cached alike
 
-    pools = pools_for(cache)
-    baseline = bl.load(*bl.shipped_files(), n_classes=43)
+    pools, _ = load_pools(cache, progress=True)
+    k = _classes()
+    baseline = bl.load(*bl.shipped_files(), n_classes=k)
     out = {}
     for stream, (ids, probs, truth) in pools.items():
-        if stream == "calibration":
-            continue
         pred = ids[:, 0]
-        confusion = np.zeros((43, 43), dtype=np.int64)
+        confusion = np.zeros((k, k), dtype=np.int64)
         np.add.at(confusion, (truth, pred), 1)
         bins = np.bincount([bin_of(float(p)) for p in probs[:, 0]], minlength=N_BINS)
         right = np.bincount([bin_of(float(p)) for p, ok in zip(probs[:, 0], pred == truth) if ok], minlength=N_BINS)

@@ -8,6 +8,13 @@ so each is read once and kept; a poll lists the prefix and reads only what is ne
 The reader is tolerant: a snapshot with fields missing (older monitor) or no snapshot at all
 still gives a document, with ``null`` where nothing is known.
 
+Model quality from labels (the snapshot's ``quality``, ``signwatch.monitoring.model_quality``):
+realised accuracy beside the label-free estimate, the other metrics, the confusion counts and
+the join's counts. The snapshot holds only the latest figures, so the reader keeps a bounded
+history of them (``quality_history``: a point whenever they change, else one every 10 s;
+``MAX_QUALITY_HISTORY`` at most) for the page's chart; it grows while the page is polled and
+starts again when the process does.
+
 Labels and version are the served model's: ``model_facts`` (``signwatch.model.published.ModelFacts``,
 the manifest the inference service published, re-read every 30 s) when it knows them, else the
 ``class_names`` and ``model_version`` the reader was built with.
@@ -19,7 +26,7 @@ import json
 import logging
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from datetime import datetime, timezone
 
 from signwatch.ports.state import StateStore
@@ -28,6 +35,10 @@ from signwatch.ports.store import ObjectStore, check_key
 log = logging.getLogger(__name__)
 MAX_CACHED_REPORTS = 2000
 MAX_PANEL_KEY = 512  # characters of a panel's key, at most
+MAX_QUALITY_HISTORY = 360  # points of the quality chart (an hour at one every 10 s)
+QUALITY_WINDOWS = ("time", "count")  # "time": matched in the quality window; "count": the last N matched
+QUALITY_METRICS = ("accuracy", "weighted_recall", "weighted_precision", "weighted_f0_5", "weighted_f1", "weighted_f2")
+JOIN_STATES = ("matched", "duplicates", "labels_waiting", "predictions_pending")
 
 
 def _read_snapshot(state: StateStore, endpoint: str) -> dict | None:
@@ -46,6 +57,50 @@ def _shares(counts: dict | None) -> dict[str, float]:
     counts = {str(k): float(v) for k, v in (counts or {}).items()}
     total = sum(counts.values())
     return {k: v / total for k, v in counts.items()} if total else {}
+
+
+def _number(x) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+
+
+def _label(class_id, class_names: tuple[str, ...]) -> str:
+    return class_names[class_id] if isinstance(class_id, int) and 0 <= class_id < len(class_names) else str(class_id)
+
+
+def _quality_window(figures: dict, class_names: tuple[str, ...]) -> dict:
+    confusion = figures.get("confusion") or {}
+    ids = [c for c in confusion.get("classes") or [] if isinstance(c, int) and not isinstance(c, bool)]
+    counts = confusion.get("counts") or []
+    try:
+        counts = [[int(n) for n in row] for row in counts]
+    except (TypeError, ValueError):
+        counts = []
+    if len(counts) != len(ids) or any(len(row) != len(ids) for row in counts):
+        ids, counts = [], []  # a matrix that does not fit its classes is not drawn
+    return {
+        "labels": int(_number(figures.get("labels")) or 0),
+        "accuracy": _number(figures.get("accuracy")),
+        "estimated_accuracy": _number(figures.get("estimated_accuracy")),
+        "estimate_error": _number(figures.get("estimate_error")),
+        "metrics": {name: _number(figures.get(name)) for name in QUALITY_METRICS},
+        "confusion": {"classes": [{"class_id": c, "label": _label(c, class_names)} for c in ids],
+                      "counts": counts},
+    }
+
+
+def summarize_quality(quality: dict | None, class_names: tuple[str, ...] = ()) -> dict | None:
+    """The snapshot's ``quality`` as the page draws it, or None when the monitor joins no labels.
+    ``received``: labels the join holds (matched, duplicates and those waiting for their prediction)."""
+    if not isinstance(quality, dict):
+        return None
+    join = quality.get("join") if isinstance(quality.get("join"), dict) else {}
+    join = {state: int(_number(join.get(state)) or 0) for state in JOIN_STATES}
+    return {
+        "windows": {kind: _quality_window(quality[kind], class_names)
+                    for kind in QUALITY_WINDOWS if isinstance(quality.get(kind), dict)},
+        "join": join | {"received": join["matched"] + join["duplicates"] + join["labels_waiting"]},
+        "constraints": bool(quality.get("constraints")),
+    }
 
 
 def summarize_snapshot(snapshot: dict | None, class_names: tuple[str, ...] = ()) -> dict:
@@ -75,7 +130,40 @@ def summarize_snapshot(snapshot: dict | None, class_names: tuple[str, ...] = ())
         "drift": drift,
         "estimated_accuracy": snap.get("estimated_accuracy"),
         "incidents": list(snap.get("incidents") or []),
+        "quality": summarize_quality(snap.get("quality"), class_names),
     }
+
+
+class QualityHistory:
+    """The realised accuracy and the estimate of the time window, a point per snapshot at most,
+    kept when they changed or ``every_s`` after the last point; ``maxlen`` points at most."""
+
+    def __init__(self, every_s: float = 10.0, maxlen: int = MAX_QUALITY_HISTORY) -> None:
+        self.every_s = every_s
+        self._points: deque[dict] = deque(maxlen=maxlen)
+        self._last_time: str | None = None
+        self._kept_at = float("-inf")
+        self._lock = threading.Lock()
+
+    def add(self, snapshot_time: str | None, quality: dict | None, now: float) -> None:
+        figures = ((quality or {}).get("windows") or {}).get("time") or {}
+        if not snapshot_time or figures.get("accuracy") is None:
+            return
+        point = {"time": snapshot_time, "accuracy": figures["accuracy"],
+                 "estimated_accuracy": figures.get("estimated_accuracy"), "labels": figures.get("labels", 0)}
+        with self._lock:
+            if snapshot_time == self._last_time:
+                return
+            self._last_time = snapshot_time
+            last = self._points[-1] if self._points else None
+            changed = last is None or any(last[k] != point[k] for k in ("accuracy", "estimated_accuracy", "labels"))
+            if changed or now - self._kept_at >= self.every_s:
+                self._points.append(point)
+                self._kept_at = now
+
+    def points(self) -> list[dict]:
+        with self._lock:
+            return list(self._points)
 
 
 def violation_summary(report: dict, report_key: str, time_: str | None) -> dict:
@@ -108,6 +196,7 @@ class DashboardReader:
         self._lock = threading.Lock()
         self.list_every_s = list_every_s
         self._listed: tuple[float, list[dict]] | None = None
+        self.quality_history = QualityHistory()
 
     def owns(self, key: str) -> bool:
         """Only panel images under the explanations prefix may be served by the page, by their one
@@ -164,6 +253,7 @@ class DashboardReader:
         started = time.perf_counter()
         class_names, version = self._served()
         snapshot = summarize_snapshot(_read_snapshot(self.state, self.endpoint), class_names)
+        self.quality_history.add(snapshot["time"], snapshot["quality"], time.monotonic())
         violations = self._violations()
         return {
             "endpoint": self.endpoint,
@@ -172,5 +262,6 @@ class DashboardReader:
             "served_model": {"version": version, "num_classes": len(class_names) or None},
             "monitor": snapshot,
             "violations": violations,
+            "quality_history": self.quality_history.points(),
             "read_ms": round((time.perf_counter() - started) * 1000, 1),
         }

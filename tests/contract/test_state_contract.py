@@ -121,6 +121,14 @@ def test_join_counts_each_pair_once_in_either_order(state, unique, shard_chars):
     assert _stats(state, keys) == {"matched": 3, "duplicates": 2, "labels_waiting": 1}
 
 
+@pytest.mark.parametrize("shard_chars", [0, 1])
+def test_a_prediction_labelled_by_both_its_ids_before_it_came_is_one_pair_and_one_duplicate(state, unique, shard_chars):
+    keys = _join_keys(unique, shard_chars=shard_chars)
+    assert state.join(keys, [JoinItem("label", "inf-a", "5"), JoinItem("label", "a", "5")]) == ["waiting", "waiting"]
+    assert state.join(keys, [JoinItem("prediction", "a", "5,7", alias="inf-a")]) == ["matched"]
+    assert state.join(keys, [JoinItem("label", "inf-a", "5")]) == ["duplicate"]
+    assert _stats(state, keys) == {"matched": 1, "duplicates": 2}  # no label left waiting
+
 def test_join_finds_entries_of_older_days_and_counts_them_there(state, unique):
     keys = _join_keys(unique)
     older = JoinKeys(days=keys.days[1:] + keys.days[:1], day_stats=keys.day_stats[1:] + keys.day_stats[:1],

@@ -86,3 +86,68 @@ def test_open_pages_share_one_listing_per_second(tmp_path):
     for _ in range(5):
         reader.read()
     assert len(calls) == 1
+
+
+QUALITY_WINDOW = {
+    "labels": 40, "accuracy": 0.75, "estimated_accuracy": 0.8, "estimate_error": 0.05,
+    "weighted_recall": 0.75, "weighted_precision": 0.8, "weighted_f0_5": 0.78, "weighted_f1": 0.76,
+    "weighted_f2": 0.75, "confusion": {"classes": [1, 14], "counts": [[10, 0], [10, 20]]},
+}
+QUALITY = {"time": QUALITY_WINDOW, "count": QUALITY_WINDOW | {"labels": 40},
+           "join": {"matched": 40, "duplicates": 2, "predictions_pending": 60, "labels_waiting": 3},
+           "constraints": False}
+
+
+def test_quality_summary_names_the_confusion_classes_and_counts_labels_received():
+    s = summarize_snapshot(SNAPSHOT | {"quality": QUALITY}, ("c0", "c1") + ("x",) * 12 + ("Stop",))
+    q = s["quality"]
+    time_window = q["windows"]["time"]
+    assert time_window["accuracy"] == 0.75 and time_window["estimated_accuracy"] == 0.8
+    assert time_window["estimate_error"] == 0.05 and time_window["labels"] == 40
+    assert time_window["metrics"]["weighted_f1"] == 0.76 and set(time_window["metrics"]) >= {"accuracy", "weighted_f2"}
+    assert time_window["confusion"] == {"classes": [{"class_id": 1, "label": "c1"}, {"class_id": 14, "label": "Stop"}],
+                                        "counts": [[10, 0], [10, 20]]}
+    assert q["join"] == {"matched": 40, "duplicates": 2, "predictions_pending": 60, "labels_waiting": 3,
+                         "received": 45}
+    assert q["constraints"] is False and set(q["windows"]) == {"time", "count"}
+
+
+def test_quality_absent_or_partial_still_summarizes():
+    assert summarize_snapshot(SNAPSHOT)["quality"] is None  # a monitor without labels: the page as before
+    assert summarize_snapshot(SNAPSHOT | {"quality": None})["quality"] is None
+    empty = {"time": {"labels": 0, "accuracy": None, "estimated_accuracy": None}}
+    q = summarize_snapshot({"quality": empty})["quality"]
+    assert q["windows"]["time"]["accuracy"] is None and q["windows"]["time"]["confusion"]["classes"] == []
+    assert q["join"]["received"] == 0 and "count" not in q["windows"]
+    bent = {"time": {"labels": "x", "confusion": {"classes": [1, 2], "counts": [[1]]}}, "join": "nonsense"}
+    q = summarize_snapshot({"quality": bent})["quality"]  # a matrix that does not fit its classes: not drawn
+    assert q["windows"]["time"]["labels"] == 0 and q["windows"]["time"]["confusion"]["counts"] == []
+    assert q["join"]["matched"] == 0
+
+
+def test_reader_keeps_a_bounded_history_of_realised_and_estimated_accuracy(tmp_path):
+    from signwatch.dashboard import QualityHistory
+
+    state = MemoryState()
+    reader = DashboardReader(state, FileStore(tmp_path), "ep", "explanations", list_every_s=60)
+    assert reader.read()["quality_history"] == []  # no snapshot
+    state.set_value("signwatch:snapshot:ep", json.dumps(SNAPSHOT), 60)
+    assert reader.read()["quality_history"] == []  # a snapshot without labels
+    state.set_value("signwatch:snapshot:ep", json.dumps(SNAPSHOT | {"quality": QUALITY}), 60)
+    reader.read(), reader.read()  # the same snapshot polled twice: one point
+    later = QUALITY | {"time": QUALITY_WINDOW | {"labels": 50, "accuracy": 0.7}}
+    state.set_value("signwatch:snapshot:ep", json.dumps(SNAPSHOT | {"time": "2026-12-01T20:00:01+00:00",
+                                                                   "quality": later}), 60)
+    history = reader.read()["quality_history"]
+    assert history == [
+        {"time": SNAPSHOT["time"], "accuracy": 0.75, "estimated_accuracy": 0.8, "labels": 40},
+        {"time": "2026-12-01T20:00:01+00:00", "accuracy": 0.7, "estimated_accuracy": 0.8, "labels": 50}]
+
+    bounded = QualityHistory(every_s=10, maxlen=3)
+    same = {"windows": {"time": {"accuracy": 0.9, "estimated_accuracy": 0.9, "labels": 5}}}
+    for i in range(10):  # unchanged figures each second: a point every 10 s
+        bounded.add(f"t{i}", same, now=float(i))
+    assert [p["time"] for p in bounded.points()] == ["t0"]
+    for i in range(10, 20):
+        bounded.add(f"t{i}", {"windows": {"time": {"accuracy": i / 100, "labels": i}}}, now=float(i))
+    assert [p["time"] for p in bounded.points()] == ["t17", "t18", "t19"]

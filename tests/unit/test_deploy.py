@@ -298,7 +298,10 @@ def test_grafana_dashboard_covers_what_operators_watch_and_scrape_config_matches
     for metric in ("signwatch_inference_latency_seconds_count", "signwatch_inference_latency_seconds_bucket",
                    "signwatch_monitor_predictions_total", "signwatch_monitor_low_confidence_share",
                    "signwatch_monitor_drift_statistic", "signwatch_monitor_violations_total",
-                   "signwatch_consumer_lag_messages", 'signwatch_events_total'):
+                   "signwatch_consumer_lag_messages", 'signwatch_events_total',
+                   "signwatch_monitor_quality_metric", "signwatch_monitor_estimate_error",
+                   "signwatch_monitor_quality_labels", "signwatch_ground_truth_join",
+                   "signwatch_ground_truth_labels_total"):
         assert metric in exprs, metric
     assert len({p["id"] for p in dash["panels"]}) == len(dash["panels"])
     scrape = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())

@@ -32,7 +32,7 @@ from signwatch.monitoring.labels import LabelledWindow, RecentPair
 from signwatch.ports.store import ObjectStore
 
 CHECK = "model_quality"
-MAX_CONFUSION_CLASSES = 43  # classes of the confusion matrix in the snapshot: those with most pairs
+MAX_CONFUSION_CLASSES = 50  # classes of the confusion matrix in the snapshot: those with most pairs
 log = logging.getLogger(__name__)
 
 

@@ -165,6 +165,10 @@ class MemoryState:
                     if field == item.alias:
                         self._set(keys, 0, item.field, "M")
                     elif item.alias:
+                        j, w = self._find(keys, item.alias)  # labelled by its other id too before it came
+                        if w is not None and w[0] == "L":  # that label is a duplicate, not one waiting
+                            self._bump(keys.day_stats[j], "labels_waiting", -1, ttl)
+                            self._bump(keys.day_stats[0], "duplicates", 1, ttl)
                         self._set(keys, 0, item.alias, "A" + item.field)
                     self._pair(keys, v[1:], item.value, item.note)
                     return "matched"

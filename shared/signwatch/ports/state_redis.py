@@ -107,7 +107,11 @@ while a <= #ARGV do
         if v and string.sub(v, 1, 1) == 'L' then
           set(i, f, 'M')
           bump(i, 'labels_waiting', -1)
-          if f == alias then set(1, field, 'M') elseif alias ~= '' then set(1, alias, 'A' .. field) end
+          if f == alias then set(1, field, 'M') elseif alias ~= '' then
+            local j, w = find(alias)  -- labelled by its other id too before it came: that label is a duplicate
+            if w and string.sub(w, 1, 1) == 'L' then bump(j, 'labels_waiting', -1) bump(1, 'duplicates', 1) end
+            set(1, alias, 'A' .. field)
+          end
           pair(string.sub(v, 2), value, note)
           result = 'matched'
         elseif v and f == field then
