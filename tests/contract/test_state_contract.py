@@ -129,6 +129,7 @@ def test_a_prediction_labelled_by_both_its_ids_before_it_came_is_one_pair_and_on
     assert state.join(keys, [JoinItem("label", "inf-a", "5")]) == ["duplicate"]
     assert _stats(state, keys) == {"matched": 1, "duplicates": 2}  # no label left waiting
 
+
 def test_join_finds_entries_of_older_days_and_counts_them_there(state, unique):
     keys = _join_keys(unique)
     older = JoinKeys(days=keys.days[1:] + keys.days[:1], day_stats=keys.day_stats[1:] + keys.day_stats[:1],

@@ -321,8 +321,11 @@ def test_labels_by_files_topic_and_http_join_exactly_once_across_two_monitor_pro
         assert outcomes.get("waiting", 0) >= len(early) + len(both_early) + len(unknown), outcomes
         assert not outcomes.get("unknown_class") and not outcomes.get("other_endpoint"), outcomes
         # each label file published once, by one replica
-        files = sum(1 for _ in open_ports(s).store.list(f"{s.ground_truth_prefix}/{s.endpoint}/"))
-        assert files >= 4
+        store_ports = open_ports(s)
+        try:
+            assert len(list(store_ports.store.list(f"{s.ground_truth_prefix}/{s.endpoint}/"))) >= 4, "a few files"
+        finally:
+            store_ports.close()
         assert join.stats(time.time()) == want  # and nothing moved since
     print(f"\n{n} predictions, {total_sent} labels (3 ways, 2 replicas): replicas ready in {ready - started:.1f} s, "
           f"all sent {sent - ready:.1f} s later, joined exactly {joined - sent:.1f} s after; "

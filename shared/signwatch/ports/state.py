@@ -133,7 +133,9 @@ class StateStore(Protocol):
         (and ``"c{bin}"`` when right) incremented, ``recent`` the pair ``"true,pred,bin,note"``;
         else the item is written to the newest day. Counters in ``day_stats``:
         ``predictions_pending`` and ``labels_waiting`` of the day their entries are in, and
-        ``matched`` and ``duplicates`` of the newest day. Returns one of ``JOIN_OUTCOMES`` per item."""
+        ``matched`` and ``duplicates`` of the newest day. A prediction whose two ids both have a
+        label waiting pairs with the one by its event id; the other counts as a duplicate.
+        Returns one of ``JOIN_OUTCOMES`` per item."""
 
     def delete(self, *keys: str) -> None: ...
 
