@@ -109,3 +109,17 @@ def new_event_id() -> str:
     import uuid
 
     return str(uuid.uuid4())
+
+
+T0 = 1_800_000_000.0  # a fixed "now" (2027-01-15): simulated time starts here
+
+
+class Clock:
+    """Simulated time, moved by hand (``clock.t += 1``): the monitor's clocks in unit tests."""
+
+    def __init__(self) -> None:
+        self.t = T0
+
+    def __call__(self) -> float:
+        return self.t
+

@@ -17,18 +17,9 @@ from signwatch.monitoring.labels import LabelJoin, id_digest
 from signwatch.monitoring.model_quality import from_recent
 from signwatch.ports.state_memory import MemoryState
 from signwatch.ports.store_file import FileStore
-from tests.unit.helpers import inference_event
+from tests.unit.helpers import Clock, inference_event
 
 NAMES = ModelSpec().class_names
-T0 = 1_800_000_000.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = T0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def _events(clock, rng, n, right_share, inference_ids=False):

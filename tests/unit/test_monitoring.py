@@ -25,18 +25,9 @@ from signwatch.monitoring.features import EDGES, N_BINS, bin_of, features_of
 from signwatch.monitoring.job import batch_counts, keys_in_range, run_job
 from signwatch.ports.state_memory import MemoryState
 from signwatch.ports.store_file import FileStore
-from tests.unit.helpers import inference_event
+from tests.unit.helpers import T0, Clock, inference_event
 
 NAMES = ModelSpec().class_names
-T0 = 1_800_000_000.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = T0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def _event(clock: Clock, class_id: int, p: float, p2: float | None = None, endpoint: str = "ep", **kw):
