@@ -186,6 +186,26 @@ def test_the_shipped_baseline_judges_while_learning_and_the_learned_one_replaces
     [event] = monitor.take_baseline_events()
     assert event.previous == "shipped" and event.previous_baseline_id == SHIPPED.baseline_id
     assert bl.baseline_id(*bl.read_store(store, "baselines/ep")) == event.baseline_id, "replaced the shipped one"
+    # another model than the shipped one ("v1"): the shipped calibration is not carried over
+    assert monitor.baseline.bin_accuracy is None and monitor.baseline.atc_bin is None
+
+
+def test_a_learned_baseline_of_the_shipped_model_keeps_its_estimate_calibrated(tmp_path):
+    clock, rng = Clock(), np.random.default_rng(12)
+    state, store = MemoryState(clock=clock), FileStore(tmp_path)
+    spec = load_spec()
+    config = MonitorConfig(endpoint="ep", learn_baseline_s=300, learn_baseline_min_count=400)
+    monitor = Monitor(state, store, config, spec.class_names, clock=clock, model_version=spec.version)
+    assert monitor.baseline_source == "shipped" and SHIPPED.bin_accuracy is not None
+    shares = np.full(len(spec.class_names), 1 / len(spec.class_names))
+    for _ in range(450):  # the shipped model's predictions, a second apart
+        clock.t += 1
+        e = _event(clock, *_draw(rng, shares), len(shares))
+        monitor.observe(e.model_copy(update={"model_version": spec.version}))
+    monitor.tick(force=True)
+    assert monitor.baseline_source == "learned"
+    assert np.allclose(monitor.baseline.bin_accuracy, SHIPPED.bin_accuracy, atol=1e-6)
+    assert monitor.baseline.atc_bin == SHIPPED.atc_bin
 
 
 def test_an_uploaded_baseline_is_used_and_nothing_is_learned(tmp_path):

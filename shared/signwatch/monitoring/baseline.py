@@ -208,6 +208,20 @@ def suggest_from_counts(class_counts: np.ndarray, confidence_counts: np.ndarray,
                       _numerical_from_bins(MARGIN_FEATURE, margin_counts, *(margin_sums or ())), extra, thresholds)
 
 
+def with_calibration(files: tuple[dict, dict], previous: "Baseline") -> tuple[dict, dict]:
+    """``files`` (a learned baseline) keeping ``previous``'s calibration of the label-free
+    estimate (the binned table, the ATC bin): it describes the model, not the traffic, and the
+    traffic a baseline is learned from has no labels to learn one. For the same model only."""
+    statistics, constraints = files
+    extra = dict(statistics.get("signwatch", {}))
+    if previous.bin_accuracy is not None:
+        extra["bin_accuracy"] = [round(float(a), 6) for a in previous.bin_accuracy]
+    if previous.atc_bin is not None:
+        extra["atc_bin"] = int(previous.atc_bin)
+    extra["calibration_from"] = previous.baseline_id
+    return statistics | {"signwatch": extra}, constraints
+
+
 def _documents(counts: np.ndarray, confidence: dict, margin: dict, extra: dict,
                thresholds: Thresholds | None) -> tuple[dict, dict]:
     """``statistics.json`` and ``constraints.json`` around the class counts and the two numerical features."""

@@ -209,6 +209,8 @@ class BaselineKeeper:
         except ValueError as exc:  # counts that do not add up: never expected, never fatal
             log.error("the learned baseline cannot be made (%s): learning goes on", exc)
             return
+        if self.baseline is not None and self._same_model(self.baseline, served):
+            files = bl.with_calibration(files, self.baseline)  # the estimate stays calibrated
         event = BaselineEvent(endpoint=self.config.endpoint, variant=self.config.variant,
                               model_version=served.model_version, num_classes=served.num_classes,
                               baseline_id=bl.baseline_id(*files), item_count=progress.total,
@@ -232,6 +234,16 @@ class BaselineKeeper:
             log.warning("baseline %s learned from %d predictions (%s to %s) took over from %s; written to %s",
                         event.baseline_id, event.item_count, event.learned_from.isoformat(),
                         event.learned_to.isoformat(), event.previous, self.prefix)
+
+    def _same_model(self, baseline: bl.Baseline, served: Served) -> bool:
+        """Whether ``baseline`` was made for the served model (its calibration then holds): its
+        recorded version, or, for the shipped baseline (which records none), the shipped model's."""
+        version = (baseline.model or {}).get("version")
+        if version is None and self.source == "shipped":
+            from signwatch.model.core import load_spec
+
+            version = load_spec().version
+        return version is not None and version == served.model_version
 
     def take_events(self) -> list[BaselineEvent]:
         """The takeover events this replica claimed since the last call: the service publishes
