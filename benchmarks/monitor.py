@@ -58,7 +58,6 @@ from tqdm import tqdm  # noqa: E402
 from signwatch.model.core import load_spec  # noqa: E402
 from signwatch.monitoring import Monitor, MonitorConfig  # noqa: E402
 from signwatch.monitoring import baseline as bl  # noqa: E402
-from signwatch.monitoring.features import EDGES  # noqa: E402
 from signwatch.monitoring.streams import event_from, model_pools  # noqa: E402
 from signwatch.ports.state_memory import MemoryState  # noqa: E402
 from signwatch.ports.store_file import FileStore  # noqa: E402
@@ -136,12 +135,18 @@ def false_alarms(pools, tmp: Path, payload, hours: float, seed: int = 99) -> tup
 
 
 def accuracy_estimates(pools) -> dict:
+    """The true accuracy per stream beside the estimate the monitor reports (the shipped
+    baseline's calibration table: ``estimate.from_bins``), ATC alone and the mean confidence."""
+    from signwatch.monitoring import estimate
+    from signwatch.monitoring.features import N_BINS, bin_of
+
     b = bl.load(*bl.shipped_files(), n_classes=len(NAMES))
-    edge = EDGES[b.atc_bin]
     out = {}
     for shift, (ids, probs, labels) in pools.items():
+        bins = np.bincount([bin_of(float(p)) for p in probs[:, 0]], minlength=N_BINS)
         out[shift] = {"true_accuracy": round(float((ids[:, 0] == labels).mean()), 4),
-                      "atc_estimate": round(float((probs[:, 0] >= edge).mean()), 4),
+                      "estimate": round(estimate.from_bins(bins, b.bin_accuracy, b.atc_bin), 4),
+                      "atc_estimate": round(estimate.from_bins(bins, None, b.atc_bin), 4),
                       "average_confidence": round(float(probs[:, 0].mean()), 4)}
     return out
 
