@@ -288,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", type=Path, help="keep the model's output pools in this .npz between runs")
     ap.add_argument("--sequential-trials", type=int, default=5,
                     help="streams per shift for the sequential checks and their peer (monitor_sequential.py)")
+    ap.add_argument("--baseline-hours", type=float, default=1.0,
+                    help="clean hours the sequential checks' baseline is suggested from (3: what the monitor "
+                         "learns by itself, SIGNWATCH_MONITOR_LEARN_BASELINE_SECONDS)")
     ap.add_argument("--sequential-only", action="store_true",
                     help="only the sequential checks, their information limits and the Frouros CUSUM peer")
     ap.add_argument("--incident-trials", type=int, default=1,
@@ -295,8 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--incidents-only", action="store_true",
                     help="only violations_per_incident and burst_false_alarms")
     args = ap.parse_args(argv)
-    if args.hours <= 0 or args.trials < 1 or args.events < 100 or args.incident_trials < 1:
-        ap.error("--hours must be > 0, --trials >= 1, --events >= 100, --incident-trials >= 1")
+    if args.hours <= 0 or args.trials < 1 or args.events < 100 or args.incident_trials < 1 or args.baseline_hours <= 0:
+        ap.error("--hours and --baseline-hours must be > 0, --trials >= 1, --events >= 100, --incident-trials >= 1")
     import tempfile
 
     from monitor_incidents import burst_inputs, incident_figures  # benchmarks/, beside this file
@@ -327,12 +330,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.sequential_only:
         with tempfile.TemporaryDirectory() as tmp:
             result = {"sequential": sequential_figures(pools, args.sequential_trials, args.hours, payload=payload,
-                                                       tmp=Path(tmp), progress=not args.json)}
+                                                       tmp=Path(tmp), progress=not args.json,
+                                                       baseline_s=args.baseline_hours * 3600)}
         print(json.dumps(result) if args.json else json.dumps(result, indent=1))
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         sequential = sequential_figures(pools, args.sequential_trials, args.hours, payload=payload,
-                                        tmp=Path(tmp) / "sequential", progress=not args.json)
+                                        tmp=Path(tmp) / "sequential", progress=not args.json,
+                                        baseline_s=args.baseline_hours * 3600)
         peak = inference_peak()
         rate = monitor_events_per_s(pools, payload, args.events)
         detect = seconds_to_detect(pools, Path(tmp), payload)

@@ -80,7 +80,8 @@ class Pools:
 
 
 def suggested_baseline(p: Pools, seed: int = 7, n: int = 3600) -> bl.Baseline:
-    """An hour of clean traffic at 1 request a second, as ``baseline suggest --capture`` would make."""
+    """``n`` s of clean traffic at 1 request a second (an hour by default), as ``baseline suggest
+    --capture`` would make."""
     idx = p.draw("clean", np.random.default_rng(seed), n)
     return bl.load(*bl.suggest([p.features["clean"][i] for i in idx], n_classes=len(MIX), source="bench"),
                    n_classes=len(MIX))
@@ -257,10 +258,13 @@ class _Clock:
 
 def sequential_figures(pools: dict, trials: int = 5, hours: float = 24.0, warmup_s: float = 3600,
                        limit_s: float = 3600, window: bool = True, payload=None, tmp: Path | None = None,
-                       progress: bool = False) -> dict:
+                       progress: bool = False, baseline_s: float = 3600) -> dict:
+    """``baseline_s``: the clean traffic the baseline is suggested from, at 1 request a second
+    (``--baseline-hours``: 1 by default; 3 is what the monitor learns by itself, the default of
+    ``SIGNWATCH_MONITOR_LEARN_BASELINE_SECONDS``)."""
     t_start = time.perf_counter()
     p = Pools(pools)
-    b = suggested_baseline(p)
+    b = suggested_baseline(p, n=int(baseline_s))
     base_class = smoothed_shares(b.class_counts)
     alpha_day = b.thresholds.alpha_per_day
     alpha = alpha_per_test(alpha_day)
@@ -318,6 +322,7 @@ def sequential_figures(pools: dict, trials: int = 5, hours: float = 24.0, warmup
         "budget_share": {c.name: c.budget_share for c in SEQUENTIAL_CHECKS},
         "limit_log_1_over_alpha": round(math.log(1 / alpha), 3),
         "trials": trials,
+        "baseline_predictions": int(baseline_s),
         "peer": {"detector": "frouros CUSUM", "delta": deltas.round(5).tolist(), "lambda": lambdas.round(4).tolist(),
                  "features": ["class surprise", "1 - confidence", "1 - margin", "low confidence"]},
         "wall_s": round(time.perf_counter() - t_start, 1),
