@@ -101,9 +101,9 @@ def serve(service: str, settings: Settings) -> None:
 
         monitor_loop = build_loop(settings, core.spec if core else None, ports, registry=registry)
         loops.append(monitor_loop)
-        if label_loop := build_label_loop(settings, monitor_loop, ports, registry):
+        if label_loop := build_label_loop(settings, monitor_loop, ports, registry):  # None: labels not joined
             loops.append(label_loop)
-        routers.append(ground_truth_router(settings, ports.bus, monitor_loop.class_names))
+            routers.append(ground_truth_router(settings, ports.bus, monitor_loop.class_names))
     if service in ("explainer", "all"):
         from signwatch_services.explainer.dashboard import dashboard_router, explainer_dashboard
         from signwatch_services.explainer.routes import explain_router

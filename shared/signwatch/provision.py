@@ -10,13 +10,14 @@ import json
 import sys
 
 from signwatch.config import Settings
+from signwatch.consuming import dlq_topic
 from signwatch.runtime import open_ports
 
 
 def topics(settings: Settings) -> list[str]:
-    names = [settings.inference_topic, settings.violations_topic, settings.explanations_topic,
-             settings.baselines_topic]
-    return names + [f"{t}.dlq" for t in names[:2]]
+    consumed = [settings.inference_topic, settings.violations_topic, settings.ground_truth_topic]  # have DLQs
+    names = consumed + [settings.explanations_topic, settings.baselines_topic]
+    return names + [dlq_topic(t) for t in consumed]
 
 
 def provision(settings: Settings) -> dict:
