@@ -91,8 +91,7 @@ class CaptureBatcher:
         self._buffered = 0
         self._buffered_bytes = 0
         self._opened_at: float | None = None
-        self.written: list[str] = []
-        self.records_written = 0
+        self.records_written = 0  # a count, never the keys: the batcher keeps no history
 
     def add(self, message: Message, event: InferenceEvent) -> None:
         if self._opened_at is None:
@@ -129,7 +128,6 @@ class CaptureBatcher:
             keys.append(key)
             self.records_written += len(file.lines)
         self.discard()
-        self.written.extend(keys)
         return keys
 
     def discard(self) -> None:

@@ -189,6 +189,19 @@ def test_two_replicas_on_one_state_raise_one_violation_per_incident(tmp_path):
         raised += (a if i % 2 else b).observe(_event(clock, 14, 0.999))
     [incident] = [v for v in raised if v.state == "open"]
     assert incident.class_id == 14
+    reports = [k for k in FileStore(tmp_path).list("monitoring/ep/violations/") if k.endswith(".json")]
+    assert reports == [incident.report], "one report, the claimer's"
+
+
+def test_a_replica_that_loses_the_claim_writes_no_report(tmp_path):
+    clock = Clock()
+    monitor, _ = _monitor(tmp_path, clock)
+    monitor.incidents.claim = lambda *args, **kw: False  # another replica claimed the incident first
+    raised = []
+    for _ in range(300):
+        clock.t += 0.5
+        raised += monitor.observe(_event(clock, 14, 0.999))
+    assert raised == [] and FileStore(tmp_path).list("monitoring/") == [], "no orphan report"
 
 
 def test_violations_carry_references_never_payloads_and_stay_small(tmp_path):

@@ -456,7 +456,10 @@ class Monitor:
                 if failing:
                     violation = self.violations.violation(failing, windows, tipping, context)
                     if self.incidents.claim(group, violation.checks, violation, now, _iso(now)):
+                        self.violations.claimed(violation)
                         out.append(violation)
+                    else:
+                        self.violations.discard(violation)
             elif unclear:
                 self.incidents.refresh(record, now, names_in_order(failing))
             elif self.incidents.due_to_resolve(record, now, rate):

@@ -4,7 +4,8 @@
 in the registry's order (its worst window) speaks for it and every failing check is named; it
 carries sample inputs as object-store references with their sha256 (inline inputs are moved to
 the store, content-addressed), stays under ``MAX_VIOLATION_BYTES``, and its SageMaker
-``constraint_violations.json`` report is written to the store. ``resolved`` builds the event
+``constraint_violations.json`` report is written to the store by the replica that wins the
+incident's claim (``claimed``; a loser ``discard``s it). ``resolved`` builds the event
 that ends an incident.
 
 The writer is made once by the ``Monitor`` from what stays fixed (the store, the windows, the
@@ -66,6 +67,7 @@ class EvaluationContext:
 class ViolationWriter:
     def __init__(self, store: ObjectStore, windows: Windows, config: MonitorConfig) -> None:
         self.store, self.windows, self.config = store, windows, config
+        self._reports: dict[str, bytes] = {}  # built with a violation, written once it is claimed
 
     def violation(self, failing: list[CheckResult], windows: list[WindowCounts], tipping: InferenceEvent | None,
                   context: EvaluationContext) -> ViolationEvent:
@@ -107,9 +109,19 @@ class ViolationWriter:
             worst.setdefault(f.name, f)
         failed = [ViolationCheck(feature_name=f.feature, constraint_check_type=f.check_type, description=f.description)
                   for f in worst.values()]
-        self.store.put(report, json.dumps({"violations": [v.model_dump() for v in failed]}, indent=2).encode(),
-                       "application/json")
+        self._reports[violation.violation_id] = json.dumps(
+            {"violations": [v.model_dump() for v in failed]}, indent=2).encode()
         return violation
+
+    def claimed(self, violation: ViolationEvent) -> None:
+        """This replica won ``violation``'s claim: its ``constraint_violations.json`` is written
+        now, by it alone (a replica that lost the claim leaves no orphan report: ``discard``)."""
+        body = self._reports.pop(violation.violation_id, None)
+        if body is not None and violation.report is not None:
+            self.store.put(violation.report, body, "application/json")
+
+    def discard(self, violation: ViolationEvent) -> None:
+        self._reports.pop(violation.violation_id, None)
 
     def resolved(self, record: dict, results: list[CheckResult], context: EvaluationContext) -> ViolationEvent:
         """The incident of ``record`` is over: its primary check speaks for it (at its most
