@@ -310,3 +310,89 @@ def test_grafana_dashboard_covers_what_operators_watch_and_scrape_config_matches
         for key in deployment["spec"]["template"]["metadata"]["annotations"]:
             meta = "__meta_kubernetes_pod_annotation_" + key.replace(".", "_").replace("/", "_")
             assert meta in labels, key
+
+
+# --- NetworkPolicies (ingress only; egress is left open, see deploy/k8s/base/networkpolicies.yaml)
+
+INGRESS_NAMESPACE = "ingress-nginx"
+MONITORING_NAMESPACE = "monitoring"
+NAMESPACE_LABEL = "kubernetes.io/metadata.name"
+SIGNWATCH_POD = {"app.kubernetes.io/part-of": "signwatch"}
+DEV_SERVERS = {"kafka": 9092, "redis": 6379, "s3": 8333}
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    """A Kubernetes label selector, matchLabels and matchExpressions, applied to labels."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for e in selector.get("matchExpressions", []):
+        key, op, values = e["key"], e["operator"], e.get("values", [])
+        ok = {"In": key in labels and labels[key] in values, "NotIn": labels.get(key) not in values,
+              "Exists": key in labels, "DoesNotExist": key not in labels}[op]
+        if not ok:
+            return False
+    return True
+
+
+def policies_for(docs, pod_labels: dict) -> list[dict]:
+    return [p for p in of_kind(docs, "NetworkPolicy")
+            if "Ingress" in p["spec"]["policyTypes"] and selects(p["spec"]["podSelector"], pod_labels)]
+
+
+def admitted_namespaces(policies: list[dict]) -> set[str]:
+    """The namespaces admitted by the policies' rules; every peer must name one namespace."""
+    namespaces = set()
+    for policy in policies:
+        for rule in policy["spec"].get("ingress", []):
+            assert rule.get("from"), f"{policy['metadata']['name']}: a rule without `from` admits everyone"
+            assert rule.get("ports"), f"{policy['metadata']['name']}: a rule without `ports` admits every port"
+            for peer in rule["from"]:
+                assert set(peer) == {"namespaceSelector"}, f"{policy['metadata']['name']}: {peer}"
+                namespaces.add(peer["namespaceSelector"]["matchLabels"][NAMESPACE_LABEL])
+    return namespaces
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_signwatch_pod_is_isolated_and_admits_only_what_it_needs(overlay):
+    docs = render(overlay)
+    [deny] = [p for p in of_kind(docs, "NetworkPolicy") if p["metadata"]["name"] == "signwatch-default-deny-ingress"]
+    assert deny["spec"] == {"podSelector": {"matchLabels": SIGNWATCH_POD}, "policyTypes": ["Ingress"]}
+    wanted = {"inference": {INGRESS_NAMESPACE, MONITORING_NAMESPACE},
+              "explainer": {INGRESS_NAMESPACE, MONITORING_NAMESPACE},
+              "monitor": {INGRESS_NAMESPACE, MONITORING_NAMESPACE},
+              "capture": {MONITORING_NAMESPACE}}
+    for name, deployment in signwatch_deployments(docs).items():
+        pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+        policies = policies_for(docs, pod_labels)
+        assert deny in policies, f"{overlay} {name}: not under the default deny"
+        assert admitted_namespaces(policies) == wanted[name], f"{overlay} {name}"
+        [container] = deployment["spec"]["template"]["spec"]["containers"]
+        named = {p["name"] for p in container["ports"]}
+        ports = {p["port"] for pol in policies for r in pol["spec"].get("ingress", []) for p in r["ports"]}
+        assert ports <= named, f"{overlay} {name}: {ports} are not ports the container names"
+    for job in of_kind(docs, "Job"):  # dev's signwatch-init: isolated too, and nothing reaches it
+        pod_labels = job["spec"]["template"]["metadata"]["labels"]
+        assert selects({"matchLabels": SIGNWATCH_POD}, pod_labels), job["metadata"]["name"]
+        assert deny in policies_for(docs, pod_labels)
+
+
+def test_dev_kafka_redis_and_s3_admit_only_signwatch_pods_on_their_client_port():
+    docs = render("overlays/dev")
+    sets = {s["metadata"]["name"]: s for s in of_kind(docs, "StatefulSet")}
+    clients = [d["spec"]["template"]["metadata"]["labels"]
+               for d in [*signwatch_deployments(docs).values(), *of_kind(docs, "Job")]]
+    for server, port in DEV_SERVERS.items():
+        pod_labels = sets[server]["spec"]["template"]["metadata"]["labels"]
+        policies = policies_for(docs, pod_labels)
+        assert policies, f"{server}: no NetworkPolicy, every pod in the cluster reaches it"
+        rules = [r for p in policies for r in p["spec"].get("ingress", [])]
+        assert [p["port"] for r in rules for p in r["ports"]] == [port], server
+        for rule in rules:
+            peers = rule.get("from")
+            assert peers, f"{server}: a rule without `from` admits everyone"
+            for peer in peers:  # a podSelector alone: this namespace's pods, never another's
+                assert set(peer) == {"podSelector"} and peer["podSelector"] == {"matchLabels": SIGNWATCH_POD}, server
+        for labels in clients:
+            assert any(selects(peer["podSelector"], labels) for r in rules for peer in r["from"]), (server, labels)
+        for other in sets.values():  # the servers themselves are not signwatch's pods
+            assert not selects({"matchLabels": SIGNWATCH_POD}, other["spec"]["template"]["metadata"]["labels"])
