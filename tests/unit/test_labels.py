@@ -134,3 +134,15 @@ def test_the_snapshot_confusion_keeps_the_busiest_classes_of_a_large_model():
     assert out["confusion"]["classes_seen"] == n and len(out["confusion"]["classes"]) == MAX_CONFUSION_CLASSES
     assert out["confusion"]["classes"] == list(range(n - MAX_CONFUSION_CLASSES, n))
     assert out["accuracy"] == 1.0
+
+
+def test_labels_that_came_first_are_judged_when_their_predictions_arrive(tmp_path):
+    clock, rng = Clock(), np.random.default_rng(4)
+    monitor, _ = _monitor(tmp_path, clock)
+    events = _events(clock, rng, 50, 0.8, inference_ids=True)
+    monitor.observe_many([e for e, _ in events[:10]])
+    monitor.evaluate()  # judged: 0 labels; the figures are now cached for 10 s
+    assert set(monitor.add_labels([(e.inference_id, t) for e, t in events[10:]])) == {"waiting"}
+    monitor.observe_many([e for e, _ in events[10:]])  # the pairs are made here, on the prediction side
+    monitor.evaluate()
+    assert monitor.quality["time"]["labels"] == 40, "judged afresh, not the cached figures"

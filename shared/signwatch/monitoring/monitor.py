@@ -368,8 +368,10 @@ class Monitor:
         applied = self.windows.record_many(counted) if counted else []
         if self.labels is not None and not rebuild:  # every captured prediction may be labelled, folded or not
             pct = self.config.capture_sampling_percentage
-            self.labels.record_predictions([e for e, _ in readable if should_sample(e.event_id, pct)],
-                                           self.wall_clock())
+            outcomes = self.labels.record_predictions([e for e, _ in readable if should_sample(e.event_id, pct)],
+                                                      self.wall_clock())
+            if "matched" in outcomes:  # labels that came first: the pairs are new, model quality is due
+                self.labels_changed = True
         if not rebuild:  # a recount after a lost Redis: the sequential state was not lost
             new = [item for item, fresh in zip(counted, applied) if fresh]
             self._sequential_update(new)
