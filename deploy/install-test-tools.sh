@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # What the deploy, dashboard and Prometheus tests need beyond the virtualenv, on Debian:
-# prometheus, chromium and chromedriver from apt, kustomize built with Go into a GOBIN kept
-# between runs (~/.cache/signwatch/gobin; tests/unit/test_deploy.py looks there). Idempotent.
+# prometheus, prometheus-alertmanager, chromium, chromedriver and redis-sentinel from apt, kustomize
+# built with Go into a GOBIN kept between runs (~/.cache/signwatch/gobin; tests/unit/test_deploy.py
+# looks there). Idempotent.
 set -euo pipefail
 need=()
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
+command -v prometheus-alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)  # with amtool
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+command -v redis-sentinel >/dev/null 2>&1 || need+=(redis-sentinel)  # the Redis failover test
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
 fi

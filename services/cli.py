@@ -60,11 +60,12 @@ def load_settings(**overrides):
 
 def open_ports_or_fail(settings):
     from signwatch.ports import UnsupportedURL
+    from signwatch.ports.security import ServerRefused
     from signwatch.runtime import open_ports
 
     try:
         return open_ports(settings)
-    except UnsupportedURL as exc:
+    except (UnsupportedURL, ServerRefused) as exc:
         raise fail(str(exc))
 
 
@@ -80,8 +81,13 @@ def serve(
 
     configure_logging()
     settings = load_settings(host=host, port=port)
+    from signwatch.ports.security import ServerRefused
+
     open_ports_or_fail(settings).close()  # a bad URL is a one-line error, not a traceback
-    run(service.value, settings)
+    try:
+        run(service.value, settings)
+    except ServerRefused as exc:  # a wrong password or CA: retrying would not help
+        raise fail(str(exc))
 
 
 @app.command()

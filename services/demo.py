@@ -3,6 +3,9 @@
 All four services run on the in-memory bus, a local folder and in-memory state. The demo sends
 a stream of rendered signs, then a stream of images attacked to read "Stop", waits until the
 monitor raised its violation and the explainer wrote its report, and summarises what happened.
+The explainer also screens every request for adversarial images (the shipped model's screening
+calibration, ``models/signwatch-resnet18.baseline/screening.json``): the summary says how many of
+each stream were flagged, and the monitor's ``adversarial_share`` check raises its own violation.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from signwatch.attacks import DEFAULT_TARGET_LABEL, pgd, resolve_target
 from signwatch.config import Settings
 from signwatch.data import render_batch
 from signwatch.data.classes import NUM_CLASSES
-from signwatch.events import ExplanationEvent, ViolationEvent
+from signwatch.events import ExplanationEvent, ScreeningEvent, ViolationEvent
 from signwatch.explaining import original_key
 from signwatch.imaging import encode_png
 from signwatch.model.core import to_unit_tensor
@@ -55,9 +58,11 @@ def run_demo(out: Path, normal: int = 200, adversarial: int = 200, seed: int = 0
     from fastapi.testclient import TestClient
 
     from signwatch_services.capture.server import build_loop as capture_loop
+    from signwatch_services.explainer.server import build_explainer, build_screening_loop
     from signwatch_services.explainer.server import build_loop as explainer_loop
     from signwatch_services.inference.server import build_core, create_app
     from signwatch_services.monitor.server import build_loop as monitor_loop
+    from signwatch_services.monitor.server import build_screening_loop as monitor_screening_loop
 
     started = time.monotonic()
     out = Path(out).resolve()
@@ -75,10 +80,12 @@ def run_demo(out: Path, normal: int = 200, adversarial: int = 200, seed: int = 0
     except ValueError:
         core.close()
         raise
+    explaining = build_explainer(settings, ports)
     loops = [capture_loop(settings, ports), monitor_loop(settings, core.spec, ports),
-             explainer_loop(settings, ports)]
-    threads = [loop.start_thread() for loop in loops]
+             explainer_loop(settings, ports, explaining)]
     capture, monitor, explainer = loops
+    loops += [build_screening_loop(settings, ports, explaining), monitor_screening_loop(settings, monitor, ports)]
+    threads = [loop.start_thread() for loop in loops]
     try:
         rng = np.random.default_rng(seed)
         size = core.spec.input_size
@@ -103,6 +110,18 @@ def run_demo(out: Path, normal: int = 200, adversarial: int = 200, seed: int = 0
             adv_pred = _send(client, adv_images, "adversarial stream")
         total = normal + adversarial
         _wait_for(lambda: monitor.processed >= total, 120, "the monitor to count every event")
+        # Screening events, read from the bus as any consumer would: one per request.
+        screening_in = ports.bus.consumer([settings.screening_topic], "signwatch-demo")
+        screened: dict[str, ScreeningEvent] = {}
+
+        def read_screening() -> None:
+            for m in screening_in.poll(timeout_ms=50):
+                e = ScreeningEvent.model_validate_json(m.value)
+                screened[e.event_id] = e
+
+        _wait_for(lambda: read_screening() or len(screened) >= total, 180, "the explainer to screen every request")
+        # sent one after the other: the first ``normal`` in inference time are the clean stream
+        in_order = sorted(screened.values(), key=lambda e: e.inference_time)
         # Violations and explanations are read from the bus, as any consumer would read them.
         violations_in = ports.bus.consumer([settings.violations_topic], "signwatch-demo")
         explanations_in = ports.bus.consumer([settings.explanations_topic], "signwatch-demo")
@@ -138,10 +157,14 @@ def run_demo(out: Path, normal: int = 200, adversarial: int = 200, seed: int = 0
         "adversarial_stream": {"count": adversarial, "attack": f"targeted PGD, L-inf {DEMO_EPS * 255:.0f}/255, {DEMO_STEPS} steps",
                                "attack_success_rate": round(attack_success, 4),
                                "predicted_stop_share": round(adv_pred.count(stop) / adversarial, 4)},
+        "screening": {"clean_flagged": sum(e.flagged for e in in_order[:normal]),
+                      "adversarial_flagged": sum(e.flagged for e in in_order[normal:]),
+                      "threshold": in_order[0].threshold if in_order else None,
+                      "fpr": in_order[0].fpr if in_order else None},
         "records_captured": captured,
         "capture_files": len(capture_files),
         "violations": [
-            {"violation_id": v.violation_id, "description": v.check.description}
+            {"violation_id": v.violation_id, "check": v.check_name, "description": v.check.description}
             for v in raised.values()
         ],
         "explanation_files": sum(len(e.objects) for e in explained.values()),

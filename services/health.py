@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import weakref
 from typing import Callable
 
 from fastapi import APIRouter, FastAPI
@@ -33,6 +34,7 @@ METRICS_PATH = "/metrics"
 # manifests' 3 s probe timeout, so that a hung server never fails the probe by its slowness.
 DEPENDENCY_DEADLINE_S = 1.5
 log = logging.getLogger(__name__)
+_READY: "weakref.WeakKeyDictionary[CollectorRegistry, Gauge]" = weakref.WeakKeyDictionary()
 
 
 class DependencyWatch:
@@ -64,6 +66,15 @@ class DependencyWatch:
         return results
 
 
+def _ready_gauge(registry: CollectorRegistry) -> Gauge:
+    """``signwatch_ready``: the last readiness answer (1: 200, 0: 503), set at each probe: what the
+    kubelet saw; the NotReady alert fires on it (deploy/prometheus/alerts.yml)."""
+    if registry not in _READY:
+        _READY[registry] = Gauge("signwatch_ready", "1 when the last /health/ready answered 200, 0 when 503 "
+                                 "(set at each readiness probe)", registry=registry)
+    return _READY[registry]
+
+
 def health_router(live: Callable[[], bool], checks: Callable[[], dict[str, bool]],
                   registry: CollectorRegistry, waiting: Callable[[], dict[str, str]] | None = None,
                   dependencies: dict[str, Callable[[], bool]] | None = None) -> APIRouter:
@@ -72,6 +83,7 @@ def health_router(live: Callable[[], bool], checks: Callable[[], dict[str, bool]
     meanwhile). ``dependencies``: pings of servers it can answer without (shown, never 503)."""
     router = APIRouter()
     watch = DependencyWatch(dependencies, registry) if dependencies else None
+    ready = _ready_gauge(registry)
 
     @router.get(LIVE_PATH)
     async def _live() -> JSONResponse:
@@ -86,6 +98,7 @@ def health_router(live: Callable[[], bool], checks: Callable[[], dict[str, bool]
         content = {"ready": ok, "checks": results} | ({"waiting_for": waits} if waits else {})
         if watch is not None:
             content["dependencies"] = await watch.check()
+        ready.set(1 if ok else 0)
         return JSONResponse(status_code=200 if ok else 503, content=content)
 
     @router.get(METRICS_PATH)

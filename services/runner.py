@@ -97,20 +97,23 @@ def serve(service: str, settings: Settings) -> None:
         loops.append(build_loop(settings, ports, registry=registry))
     if service in ("monitor", "all"):
         from signwatch_services.monitor.ground_truth_routes import ground_truth_router
-        from signwatch_services.monitor.server import build_label_loop, build_loop
+        from signwatch_services.monitor.server import build_label_loop, build_loop, build_screening_loop
 
         monitor_loop = build_loop(settings, core.spec if core else None, ports, registry=registry)
         loops.append(monitor_loop)
+        loops.append(build_screening_loop(settings, monitor_loop, ports, registry))
         if label_loop := build_label_loop(settings, monitor_loop, ports, registry):  # None: labels not joined
             loops.append(label_loop)
             routers.append(ground_truth_router(settings, ports.bus, monitor_loop.class_names))
     if service in ("explainer", "all"):
         from signwatch_services.explainer.dashboard import dashboard_router, explainer_dashboard
         from signwatch_services.explainer.routes import explain_router
-        from signwatch_services.explainer.server import build_explainer, build_loop
+        from signwatch_services.explainer.server import build_explainer, build_loop, build_screening_loop
 
         explainer = build_explainer(settings, ports)
         loops.append(build_loop(settings, ports, explainer, registry=registry))
+        if screening_loop := build_screening_loop(settings, ports, explainer, registry):  # None: screening off
+            loops.append(screening_loop)
         routers.append(explain_router(explainer, settings))
         routers.append(dashboard_router(explainer_dashboard(settings, ports, explainer.spec)))
 

@@ -1,8 +1,13 @@
 """``GET /dashboard``: the live page; ``GET /dashboard/data``: the JSON it polls;
-``GET /dashboard/panel?key=...``: a saliency panel from the object store (explanations only)."""
+``GET /dashboard/panel?key=...``: a saliency panel from the object store (explanations only);
+``GET /dashboard/violations/{violation_id}/``: one violation's explanation, the ``index.html`` the
+explainer wrote beside its panels (which it names relatively: ``.../{violation_id}/{event}.png``).
+Alerts link it (``signwatch_violation_open``'s ``explanation_url``; docs/operations.md, Alerts)."""
 
 from __future__ import annotations
 
+import html
+import re
 from importlib import resources
 
 from fastapi import APIRouter, Query
@@ -10,10 +15,13 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from signwatch.dashboard import DashboardReader
+from signwatch.events import NAME_PATTERN
 from signwatch.ports.store import ObjectNotFound
 from signwatch_services.http import error
 
 PAGE = resources.files("signwatch_services.explainer").joinpath("static/dashboard.html")
+VIOLATION_ID = re.compile(NAME_PATTERN)
+PANEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\.png$")
 
 
 def dashboard_router(reader: DashboardReader) -> APIRouter:
@@ -35,6 +43,31 @@ def dashboard_router(reader: DashboardReader) -> APIRouter:
         try:
             body = await run_in_threadpool(reader.store.get, key)
         except (ObjectNotFound, KeyError, ValueError):  # ValueError: a key the store refuses
+            return error(404, "not_found", "no such panel")
+        return Response(body, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+
+    @router.get("/dashboard/violations/{violation_id}/", response_class=HTMLResponse)
+    async def explanation(violation_id: str) -> Response:
+        if not VIOLATION_ID.match(violation_id):
+            return error(404, "not_found", "no such violation")
+        try:
+            body = await run_in_threadpool(reader.store.get, f"{reader.prefix}/{violation_id}/index.html")
+        except (ObjectNotFound, KeyError, ValueError):  # not explained (yet): an alert may come first
+            return HTMLResponse(
+                f"<!doctype html><title>signwatch violation {html.escape(violation_id)}</title>"
+                f"<p>Violation {html.escape(violation_id)} has no explanation yet: the explainer writes it "
+                "seconds after the violation (reload), or explains no violation of this kind. The "
+                "<a href='../../'>dashboard</a> shows the live figures.</p>", status_code=404)
+        return HTMLResponse(body, headers={"Cache-Control": "no-cache"})
+
+    @router.get("/dashboard/violations/{violation_id}/{name}")
+    async def explanation_panel(violation_id: str, name: str) -> Response:
+        key = f"{reader.prefix}/{violation_id}/{name}"
+        if not (VIOLATION_ID.match(violation_id) and PANEL_NAME.match(name) and reader.owns(key)):
+            return error(404, "not_found", "only explanation panels can be shown")
+        try:
+            body = await run_in_threadpool(reader.store.get, key)
+        except (ObjectNotFound, KeyError, ValueError):
             return error(404, "not_found", "no such panel")
         return Response(body, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 

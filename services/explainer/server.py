@@ -63,3 +63,11 @@ def build_loop(settings: Settings, ports: Ports | None = None, explainer: Explai
     handler = ExplainerHandler(explainer, ports.bus, settings.explanations_topic)
     return ConsumerLoop(ports.bus, [settings.violations_topic], GROUP, handler, registry=registry,
                         poll_timeout_ms=settings.poll_timeout_ms)
+
+
+def build_screening_loop(settings: Settings, ports: Ports, explainer: Explainer, registry=None) -> ConsumerLoop | None:
+    """The second loop: an adversarial score per inference event (``screening.py``), with the
+    model the explainer explains with; None when ``screening_enabled`` is off."""
+    from signwatch_services.explainer.screening import build_screening_loop as build
+
+    return build(settings, ports.bus, ports.store, explainer.model, explainer.spec, registry)

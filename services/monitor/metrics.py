@@ -10,10 +10,27 @@ from signwatch.events import InferenceEvent, ViolationEvent
 from signwatch.ports.bus import Message
 
 
+EXPLANATION_PATH = "/dashboard/violations/{violation_id}/"  # services/explainer/dashboard.py serves it
+OPEN_LABELS = ["endpoint", "violation_id", "check", "class_id", "description", "explanation_url"]
+
+
+def explanation_url(dashboard_url: str, violation_id: str) -> str:
+    """Where a person sees the violation's explanation (the explainer's dashboard)."""
+    return dashboard_url.rstrip("/") + EXPLANATION_PATH.format(violation_id=violation_id)
+
+
 class MonitorMetrics:
-    def __init__(self, registry: CollectorRegistry | None, endpoint: str) -> None:
+    def __init__(self, registry: CollectorRegistry | None, endpoint: str, dashboard_url: str = "") -> None:
         r = registry or CollectorRegistry()
         self.endpoint = endpoint
+        self.dashboard_url = dashboard_url
+        # One series per open incident (bounded: one per incident group and endpoint), removed when
+        # it resolves: what the ViolationOpen alert fires on (deploy/prometheus/alerts.yml). Every
+        # replica shows the same ones, read from the state store, not only the one that published.
+        self.violation_open = Gauge("signwatch_violation_open",
+                                    "1 while the violation is open (its incident not resolved), with its "
+                                    "description and the link to its explanation", OPEN_LABELS, registry=r)
+        self._open: set[tuple[str, ...]] = set()
         self.predictions = Counter("signwatch_monitor_predictions_total",
                                    "Predictions counted into the windows, by class (each once; frames folded "
                                    "into an object counted seconds before are in frames_folded_total)",
@@ -107,3 +124,17 @@ class MonitorMetrics:
         self.violations.labels(self.endpoint, violation.check_name, violation.state).inc()
         if violation.state == "open" and violation.tipped_at is not None:
             self.latency.observe(max(0.0, time.time() - violation.tipped_at.timestamp()))
+
+    def incidents_open(self, records: list[dict]) -> None:
+        """The open incidents' records (``Incidents.open_records``): a series each, the rest removed."""
+        now = set()
+        for record in records:
+            class_id = record.get("class_id")
+            now.add((self.endpoint, record["violation_id"], record["checks"][0],
+                     "" if class_id is None else str(class_id), record.get("description", ""),
+                     explanation_url(self.dashboard_url, record["violation_id"])))
+        for gone in self._open - now:
+            self.violation_open.remove(*gone)
+        for labels in now - self._open:
+            self.violation_open.labels(*labels).set(1)
+        self._open = now

@@ -27,6 +27,7 @@ from signwatch.events import BaselineEvent, InferenceEvent, PoisonMessage, Viola
 from signwatch.model import ModelSpec
 from signwatch.model.published import ModelFacts
 from signwatch.monitoring import Monitor, MonitorConfig
+from signwatch.monitoring.registry import INCIDENTS
 from signwatch.ports.bus import EventBus, Message, MessageTooLarge, publish_and_wait
 from signwatch.runtime import Ports, open_ports
 from signwatch_services.monitor.metrics import MonitorMetrics
@@ -176,12 +177,14 @@ class MonitorHandler:
 
     def sweep(self) -> None:
         """Re-publish every violation claimed (by any replica) and never acknowledged whose lease
-        this replica can take: its claimer's ran out. At start, then every ``sweep_every_s``."""
+        this replica can take: its claimer's ran out. At start, then every ``sweep_every_s``.
+        First the open incidents go to ``signwatch_violation_open`` (every replica's)."""
         if self.monitor is None or time.monotonic() - self._swept < self.sweep_every_s:
             return
         self._swept = time.monotonic()
         outbox = self.monitor.incidents.outbox
         try:
+            self.metrics.incidents_open(self.monitor.incidents.open_records(INCIDENTS))
             pending = outbox.pending()
             self.metrics.outbox_pending.set(len(pending))
             for violation in pending:
@@ -199,7 +202,8 @@ class MonitorHandler:
     def judge_labels(self) -> None:
         """Labels joined (by the label loop) while no prediction arrives: the model-quality check
         is due all the same (``Monitor.labels_changed``). Between two polls, as the sweep."""
-        if self.monitor is None or not self.monitor.labels_changed or self._batch:
+        if self.monitor is None or not (self.monitor.labels_changed or self.monitor.screening_changed) \
+                or self._batch:
             return  # with events buffered, counting them runs the checks
         try:
             self._publish(self.monitor.tick())
@@ -286,7 +290,7 @@ def build_loop(settings: Settings, spec: ModelSpec | None = None, ports: Ports |
         facts = ModelFacts.for_settings(settings, ports.store, MonitorConfig.from_settings(settings).model_reload_s)
     # With the facts known, at once: loads the baseline, marks the windows alive.
     monitor = build_monitor(settings, ports, spec) if spec is not None else None
-    metrics = MonitorMetrics(registry, settings.endpoint)
+    metrics = MonitorMetrics(registry, settings.endpoint, settings.dashboard_url)
     handler = MonitorHandler(monitor=None, bus=ports.bus, topic=settings.violations_topic, metrics=metrics,
                              replay=replayer(settings.bus_url, settings.inference_topic),
                              exit_after_claim=settings.monitor_test_exit_after_claim,
@@ -317,3 +321,13 @@ def build_label_loop(settings: Settings, loop: MonitorLoop, ports: Ports, regist
     from prometheus_client import CollectorRegistry
 
     return build(settings, ports.bus, monitor_of, registry or CollectorRegistry(), files.poll)
+
+
+def build_screening_loop(settings: Settings, loop: MonitorLoop, ports: Ports, registry=None):
+    """The screening loop beside ``loop`` (``screening.py``): the explainer's adversarial scores
+    into the screening windows of ``loop``'s monitor (check ``adversarial_share``)."""
+    from prometheus_client import CollectorRegistry
+
+    from signwatch_services.monitor.screening import build_screening_loop as build
+
+    return build(settings, ports.bus, lambda: loop.handler.monitor, registry or CollectorRegistry())

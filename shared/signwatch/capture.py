@@ -34,7 +34,8 @@ def should_sample(event_id: str, percentage: float) -> bool:
 
 def capture_record(event: InferenceEvent, raw_input: bytes) -> dict:
     """SageMaker's record: the content type the client sent, the response bytes it received, its
-    custom attributes; ``inferenceId`` only when the client gave one (as SageMaker writes it)."""
+    custom attributes; ``inferenceId`` only when the client gave one (as SageMaker writes it);
+    ``imageHash`` (signwatch's) when the event carries the image's perceptual hash."""
     response = event.response
     metadata = {"eventId": event.event_id}
     if event.inference_id is not None:
@@ -42,6 +43,10 @@ def capture_record(event: InferenceEvent, raw_input: bytes) -> dict:
     metadata["inferenceTime"] = event.time.strftime("%Y-%m-%dT%H:%M:%SZ")
     if event.custom_attributes is not None:
         metadata["customAttributes"] = event.custom_attributes
+    if event.image_hash is not None:
+        # Not SageMaker's (its readers ignore keys they do not know): the perceptual hash the serving
+        # core took of the decoded pixels, so the scheduled job folds frames without decoding them again.
+        metadata["imageHash"] = event.image_hash
     return {
         "captureData": {
             "endpointInput": {

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from signwatch.events import MAX_NAME, MAX_PREDICTIONS, NAME_PATTERN
@@ -22,10 +22,39 @@ class Settings(BaseSettings):
     # Ports, chosen by URL scheme (see signwatch.ports).
     bus_url: str | None = Field(None, description="kafka://host:port[?linger_ms=200] or memory://")
     store_url: str | None = Field(None, description="s3://bucket?endpoint=URL or file:///path")
-    state_url: str | None = Field(None, description="redis://host:port/db or memory://")
+    state_url: str | None = Field(None, description="redis://host:port/db, rediss://..., "
+                                  "redis+sentinel://host:port[,host:port]/mastername[/db] or memory://")
     s3_access_key: SecretStr | None = None
     s3_secret_key: SecretStr | None = None
     s3_region: str = "us-east-1"
+    s3_ca_bundle: Path | None = Field(
+        None, description="CA certificates (PEM) that sign an https S3 endpoint's certificate (a private CA)")
+
+    # Transport security (docs/operations.md, Transport security). Each secret may instead be read from
+    # a file named by its *_FILE variable (a mounted Kubernetes secret): SIGNWATCH_KAFKA_SASL_PASSWORD_FILE.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka transport: PLAINTEXT, SSL (TLS, optionally mutual), SASL_SSL (TLS + user and "
+        "password) or SASL_PLAINTEXT; the bus URL's ?security_protocol= overrides it")
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism for SASL_SSL / SASL_PLAINTEXT")
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = Field(None, description="or SIGNWATCH_KAFKA_SASL_PASSWORD_FILE")
+    kafka_sasl_password_file: Path | None = None
+    kafka_ssl_ca_file: Path | None = Field(None, description="CA certificates (PEM) the brokers' certificates chain to")
+    kafka_ssl_cert_file: Path | None = Field(None, description="client certificate (PEM), for mutual TLS")
+    kafka_ssl_key_file: Path | None = Field(None, description="client key (PEM), for mutual TLS")
+    kafka_ssl_key_password: SecretStr | None = Field(None, description="the client key's password, if encrypted "
+                                                     "(or SIGNWATCH_KAFKA_SSL_KEY_PASSWORD_FILE)")
+    kafka_ssl_key_password_file: Path | None = None
+    redis_username: str | None = Field(None, description="Redis ACL user (a user in the state URL wins)")
+    redis_password: SecretStr | None = Field(None, description="Redis password (a password in the state URL wins; "
+                                             "or SIGNWATCH_REDIS_PASSWORD_FILE)")
+    redis_password_file: Path | None = None
+    redis_ssl_ca_file: Path | None = Field(None, description="CA certificates (PEM) for a rediss:// state URL")
+    redis_ssl_cert_file: Path | None = Field(None, description="client certificate (PEM) for rediss://, if asked")
+    redis_ssl_key_file: Path | None = Field(None, description="client key (PEM) for rediss://, if asked")
+    s3_access_key_file: Path | None = None
+    s3_secret_key_file: Path | None = None
 
     @field_validator("bus_url", "store_url", "state_url")
     @classmethod
@@ -37,6 +66,22 @@ class Settings(BaseSettings):
             check_url(info.field_name.removesuffix("_url"), url)
         return url
 
+    @model_validator(mode="after")
+    def _secrets_from_files(self):
+        """``SIGNWATCH_X_FILE`` names a file holding secret X (a mounted Kubernetes secret): read once, here."""
+        for name in SECRET_FILES:
+            path = getattr(self, f"{name}_file")
+            if path is None:
+                continue
+            if getattr(self, name) is not None:
+                raise ValueError(f"set {name} or {name}_file, not both")
+            try:
+                value = Path(path).read_text().rstrip("\r\n")
+            except OSError as exc:
+                raise ValueError(f"{name}_file {path}: {exc.strerror}") from None
+            setattr(self, name, SecretStr(value))
+        return self
+
     # Topics.
     inference_topic: str = "signwatch.inference"
     violations_topic: str = "signwatch.violations"
@@ -47,6 +92,9 @@ class Settings(BaseSettings):
     ground_truth_topic: str = Field(
         "signwatch.ground-truth", description="ground-truth labels, one SageMaker ground-truth record a message "
         "(key: the inference or event id it names); POST /ground-truth and label files in the store feed it too")
+    screening_topic: str = Field(
+        "signwatch.screening", description="adversarial scores, one per screened inference event (key: its event "
+        "id); the explainer publishes them, the monitor counts the flagged share (docs/attacks.md, Screening)")
     topic_partitions: int = Field(3, ge=1)
 
     # Endpoint identity, as SageMaker names it; parts of store and state keys, so plain names (the
@@ -202,8 +250,22 @@ class Settings(BaseSettings):
 
     # Explainer service.
     explanations_prefix: str = "explanations"
+    dashboard_url: str = Field(
+        "", pattern=r"^(https?://[^\s\"{}]+)?$", description="where people open the explainer's dashboard (behind "
+        "the authenticating ingress), e.g. https://signwatch.example.com: an alert on an open violation links its "
+        "explanation, {dashboard_url}/dashboard/violations/{violation_id}/ (docs/operations.md, Alerts); empty: "
+        "the link is that path alone")
     explainer_method: str = Field("fullgrad", pattern="^(fullgrad|input_x_gradient|gradcam)$")
     explain_workers: int = Field(1, ge=1, description="POST /explain computations run at once (their own threads)")
+    screening_enabled: bool = Field(
+        True, description="the explainer screens inference events for adversarial images (an adversarial score per "
+        "event on screening_topic); it needs the screening calibration stored with the baseline (screening.json)")
+    screening_sample_rate: float = Field(
+        1.0, ge=0, le=1, description="share of inference events the explainer screens (by event id, so every "
+        "replica picks the same ones); the rest are counted as sampled out")
+    screening_batch_size: int = Field(64, ge=1, le=1024, description="inference events screened in one forward")
+    screening_group: str = Field("signwatch-explainer-screening",
+                                 description="the explainer's screening loop's consumer group")
     explain_max_pending: int = Field(
         2, ge=1, description="POST /explain calls admitted at once (running or waiting); more are answered 429")
     explainer_port: int = Field(8081, ge=0, le=65535, description="explainer HTTP: /explain, health")
@@ -212,6 +274,10 @@ class Settings(BaseSettings):
 
     # Consumers.
     poll_timeout_ms: int = Field(500, ge=1)
+
+
+# Secrets that may come from a file (``{name}_file``) instead of the variable itself.
+SECRET_FILES = ("kafka_sasl_password", "kafka_ssl_key_password", "redis_password", "s3_access_key", "s3_secret_key")
 
 
 class SettingsError(ValueError):

@@ -94,6 +94,7 @@ MAX_ISOLATED_IN_A_ROW = 3
 
 _COUNTERS: "weakref.WeakKeyDictionary[CollectorRegistry, Counter]" = weakref.WeakKeyDictionary()
 _LAGS: "weakref.WeakKeyDictionary[CollectorRegistry, Gauge]" = weakref.WeakKeyDictionary()
+_STALLS: "weakref.WeakKeyDictionary[CollectorRegistry, Gauge]" = weakref.WeakKeyDictionary()
 
 
 def _messages_counter(registry: CollectorRegistry) -> Counter:
@@ -111,6 +112,15 @@ def _lag_gauge(registry: CollectorRegistry) -> Gauge:
                                 "partitions held (as of the last fetch) plus taken and not yet committed",
                                 ["group"], registry=registry)
     return _LAGS[registry]
+
+
+def _stall_gauge(registry: CollectorRegistry) -> Gauge:
+    if registry not in _STALLS:
+        _STALLS[registry] = Gauge("signwatch_consumer_stalled_seconds",
+                                  "Seconds since the loop last made progress (a commit, or a poll with nothing "
+                                  "waiting); at stall_s live() fails: the ConsumerStalled alert fires before",
+                                  ["group"], registry=registry)
+    return _STALLS[registry]
 
 
 class Handler(Protocol):
@@ -165,6 +175,7 @@ class ConsumerLoop:
         self.processed = 0
         self.stall_s = stall_s
         self.progress_at = time.monotonic()  # the last commit, or poll with nothing waiting: see live()
+        _stall_gauge(registry).labels(group).set_function(lambda: time.monotonic() - self.progress_at)
 
     # -- the lag gauge ------------------------------------------------------------------------
     def _report_lag(self) -> None:

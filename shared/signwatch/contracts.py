@@ -32,6 +32,8 @@ TOPICS = {
     "baselines_topic": (events.BaselineEvent, "endpoint", "monitor", ["dashboards, operators, anyone"]),
     "ground_truth_topic": (events.GroundTruthRecord, "eventMetadata.eventId", "monitor (POST /ground-truth, label "
                            "files), labelling tools", ["monitor (group signwatch-monitor-labels)"]),
+    "screening_topic": (events.ScreeningEvent, "event_id", "explainer",
+                        ["monitor (group signwatch-monitor-screening)", "dashboards, anyone"]),
 }
 
 EVOLUTION_RULE = (
@@ -174,7 +176,7 @@ def checks_markdown() -> str:
         "| check | kind | feature | needs | budget | samples | incident | test | what a violation says |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    every = registry.shares(("window", "sequential"))
+    every = registry.shares(("window", "sequential", "screening"))
     for k in registry.CHECKS:
         budget = f"{every[k.name]:.0%}" if k.name in every else "fixed rule"
         lines.append(f"| `{k.name}` | {k.kind} | {k.feature} | {needs[k.needs]} | {budget} | {k.samples} | "

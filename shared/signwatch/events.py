@@ -349,6 +349,39 @@ class ExplanationEvent(_Event):
         return self.model_dump_json(by_alias=True).encode()
 
 
+class ScreeningEvent(_Event):
+    """One screened inference event: its adversarial score (``signwatch.screening``) and whether
+    it crossed the threshold chosen on clean reference images for ``fpr`` false positives. The
+    explainer publishes one per inference event it screens (all, or a sampled share); the monitor
+    counts the flagged share against ``fpr`` (check ``adversarial_share``)."""
+
+    schema_: Literal["signwatch.screening/v1"] = Field(
+        "signwatch.screening/v1", alias="schema", serialization_alias="schema"
+    )
+    event_id: Name = Field(description="the screened inference event's event_id")
+    time: datetime = Field(default_factory=utc_now, description="when it was screened")
+    inference_time: datetime = Field(description="the inference event's time (the monitor's windows count by it)")
+    endpoint: Name
+    variant: Name
+    model_version: Text
+    score: float = Field(allow_inf_nan=False, description="adversarial score: 0 at the clean reference's median, "
+                         "1 at its 99th percentile (per squeezer, the largest)")
+    flagged: bool = Field(description="score above threshold: reads as an attack")
+    threshold: float = Field(allow_inf_nan=False)
+    fpr: Probability = Field(description="the false positive rate on clean reference images the threshold was "
+                             "chosen for: the flagged share expected of clean traffic")
+    squeezer: Text = Field(description="the squeezed copy that moved the answer most (shift:1, down:2, ...)")
+    signal: Text = Field(description="what is measured under each squeezer: margin_drop or softmax_l1")
+    predicted_class: ClassId
+    probability: Probability = Field(description="the model's top-1 probability on the image as screened")
+    calibration_id: Text | None = Field(None, description="the calibration's store key or file it came from")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json(by_alias=True).encode()
+
+
 class PoisonMessage(ValueError):
     """A message that is not a known event: skipped and counted, never retried forever."""
 

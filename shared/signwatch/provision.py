@@ -15,7 +15,8 @@ from signwatch.runtime import open_ports
 
 
 def topics(settings: Settings) -> list[str]:
-    consumed = [settings.inference_topic, settings.violations_topic, settings.ground_truth_topic]  # have DLQs
+    consumed = [settings.inference_topic, settings.violations_topic, settings.ground_truth_topic,
+                settings.screening_topic]  # have DLQs
     names = consumed + [settings.explanations_topic, settings.baselines_topic]
     return names + [dlq_topic(t) for t in consumed]
 

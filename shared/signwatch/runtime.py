@@ -8,6 +8,7 @@ from pathlib import Path
 
 from signwatch.config import Settings
 from signwatch.ports import open_bus, open_state, open_store
+from signwatch.ports.security import Credentials
 from signwatch.ports.bus import EventBus
 from signwatch.ports.state import StateStore
 from signwatch.ports.store import ObjectStore
@@ -32,16 +33,11 @@ class Ports:
 
 
 def open_ports(settings: Settings) -> Ports:
-    secret = lambda s: s.get_secret_value() if s is not None else None  # noqa: E731
+    credentials = Credentials.from_settings(settings)
     return Ports(
-        bus=open_bus(settings.bus_url or EMBEDDED_BUS),
-        store=open_store(
-            settings.store_url or embedded_store_url(),
-            access_key=secret(settings.s3_access_key),
-            secret_key=secret(settings.s3_secret_key),
-            region=settings.s3_region,
-        ),
-        state=open_state(settings.state_url or EMBEDDED_STATE),
+        bus=open_bus(settings.bus_url or EMBEDDED_BUS, credentials),
+        store=open_store(settings.store_url or embedded_store_url(), credentials),
+        state=open_state(settings.state_url or EMBEDDED_STATE, credentials),
     )
 
 

@@ -45,11 +45,14 @@ CLEAN = 100  # a baseline needs at least 100 predictions
 ATTACKED = 20  # distinct attacked images, each sent once: a repeated image is one object (tracks)
 
 # (architecture, classes, input size, labels from a file): the write-up's model, the issue's
-# resnet50 with labels, then one model of every other family at a small size for speed.
+# resnet50 with labels, then one model of every other family at a small size for speed. Not VGG:
+# its 500 MB of weights (the 25088x4096 classifier at any input size) spent 90 of this module's
+# 375 s in CI packing and gunzipping model.tar.gz; VGG is served, explained, attacked and
+# recorded in tests/unit/test_architectures.py and imported in tests/unit/test_model_import.py.
+# resnet18 at 128 px, not 224: PGD and FullGrad cost grows with the pixels (106 s at 224 in CI).
 MODELS = [
-    ("resnet18", 43, 224, False),
+    ("resnet18", 43, 128, False),
     ("resnet50", 10, 96, True),
-    ("vgg11_bn", 12, 64, False),
     ("regnet_x_400mf", 8, 64, False),
     ("densenet121", 6, 64, True),
     ("mobilenet_v3_small", 5, 64, False),

@@ -35,6 +35,16 @@ def test_record_has_exactly_sagemakers_schema():
     assert record["eventVersion"] == "0"
 
 
+def test_record_carries_the_image_hash_when_the_event_does():
+    """``eventMetadata.imageHash``: not SageMaker's (its readers ignore keys they do not know), the
+    serving core's perceptual hash, so the scheduled job need not decode the image to fold frames."""
+    event = inference_event()
+    assert "imageHash" not in capture_record(event, b"raw")["eventMetadata"]  # an older producer's event
+    hashed = capture_record(event.model_copy(update={"image_hash": "00ff00ff00ff00ff"}), b"raw")
+    assert hashed["eventMetadata"]["imageHash"] == "00ff00ff00ff00ff"
+    assert set(hashed) == {"captureData", "eventMetadata", "eventVersion"}
+
+
 def _messages(events, partition=0, start=0):
     return [Message("t", partition, start + i, e.event_id, e.to_bytes(), 0) for i, e in enumerate(events)]
 
@@ -122,6 +132,7 @@ def test_a_record_matches_sagemakers_documented_record_field_by_field(tmp_path):
 
     ours, theirs = shape(record), shape(SAGEMAKER_EXAMPLE)
     theirs["eventMetadata"]["customAttributes"] = "str"  # present because the client sent some
+    theirs["eventMetadata"]["imageHash"] = "str"  # signwatch's: the serving core's perceptual hash
     assert ours == theirs  # in particular no "inferenceId": the client gave none
     for side in ("endpointInput", "endpointOutput"):
         assert record["captureData"][side]["mode"] == SAGEMAKER_EXAMPLE["captureData"][side]["mode"]
@@ -134,6 +145,9 @@ def test_a_record_matches_sagemakers_documented_record_field_by_field(tmp_path):
     assert base64.b64decode(record["captureData"]["endpointInput"]["data"]) == body
     assert record["captureData"]["endpointOutput"]["data"].encode() == r.content  # exactly the bytes sent back
     assert record["eventMetadata"]["customAttributes"] == "camera=7"
+    # the hash the scheduled job folds by is the one it would take of the decoded pixels
+    from signwatch.monitoring.reference import decoded_hash, recorded_hash
+    assert recorded_hash(record) == record["eventMetadata"]["imageHash"] == decoded_hash(record) is not None
     assert record["eventMetadata"]["eventId"] == r.headers["X-Signwatch-Event-Id"]
 
 

@@ -151,3 +151,28 @@ def test_reader_keeps_a_bounded_history_of_realised_and_estimated_accuracy(tmp_p
     for i in range(10, 20):
         bounded.add(f"t{i}", {"windows": {"time": {"accuracy": i / 100, "labels": i}}}, now=float(i))
     assert [p["time"] for p in bounded.points()] == ["t17", "t18", "t19"]
+
+
+def test_a_violations_explanation_page_is_served_at_the_link_alerts_carry(tmp_path):
+    from signwatch_services.monitor.metrics import explanation_url
+
+    store = FileStore(tmp_path)
+    _report(store, "v-1", "ep", "2026-12-01T20:00:00+00:00")
+    store.put("explanations/v-1/index.html", b"<html><h1>Class 14 (Stop)</h1><img src=\"e1.png\"></html>", "text/html")
+    store.put("secret/index.html", b"no", "text/html")
+    app = FastAPI()
+    app.include_router(dashboard_router(DashboardReader(MemoryState(), store, "ep", "explanations")))
+    client = TestClient(app)
+    link = explanation_url("https://signwatch.example.com/", "v-1")
+    assert link == "https://signwatch.example.com/dashboard/violations/v-1/"
+    page = client.get(link.removeprefix("https://signwatch.example.com"))
+    assert page.status_code == 200 and "Class 14 (Stop)" in page.text
+    panel = client.get("/dashboard/violations/v-1/e1.png")  # the page's relative <img src>
+    assert panel.status_code == 200 and panel.content.startswith(b"\x89PNG")
+    assert client.get("/dashboard/violations/v-1", follow_redirects=True).status_code == 200
+    later = client.get("/dashboard/violations/not-yet/")
+    assert later.status_code == 404 and "no explanation yet" in later.text
+    for bad in ("/dashboard/violations/v-1/report.json", "/dashboard/violations/v-1/..%2F..%2Fsecret%2Findex.html",
+                "/dashboard/violations/..%2Fsecret/", "/dashboard/violations/v-1/missing.png",
+                "/dashboard/violations/.hidden/e1.png"):
+        assert client.get(bad).status_code == 404, bad

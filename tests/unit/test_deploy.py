@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = ["base", "overlays/dev", "overlays/prod"]
 K8S_VERSION = "1.32.0"
-CRD_KINDS = {"ServiceMonitor"}  # Prometheus Operator's: not in the Kubernetes schemas
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}  # Prometheus Operator's: test_alerts.py checks the rule
 SERVICES = ("inference", "capture", "monitor", "explainer")
 
 
@@ -396,3 +396,79 @@ def test_dev_kafka_redis_and_s3_admit_only_signwatch_pods_on_their_client_port()
             assert any(selects(peer["podSelector"], labels) for r in rules for peer in r["from"]), (server, labels)
         for other in sets.values():  # the servers themselves are not signwatch's pods
             assert not selects({"matchLabels": SIGNWATCH_POD}, other["spec"]["template"]["metadata"]["labels"])
+
+
+def test_the_job_on_dask_renders_validates_and_admits_only_its_own_traffic():
+    """components/dask-job (in overlays/prod-dask): scheduler and workers as Deployments, the hourly
+    job as a CronJob running `signwatch monitor job --scheduler tcp://...`; strict schemas, the
+    containers' security as the services', and the default deny opened only for Dask's ports."""
+    from typer.main import get_command
+
+    from signwatch_services.cli import app
+
+    docs = render("overlays/prod-dask")
+    prod = {(d["kind"], d["metadata"]["name"]) for d in render("overlays/prod")}
+    added = [d for d in docs if (d["kind"], d["metadata"]["name"]) not in prod]
+    assert {(d["kind"], d["metadata"]["name"]) for d in added} == {
+        ("Deployment", "signwatch-dask-scheduler"), ("Deployment", "signwatch-dask-worker"),
+        ("Service", "signwatch-dask-scheduler"), ("CronJob", "signwatch-monitor-job"),
+        ("PodDisruptionBudget", "signwatch-dask-scheduler"), ("PodDisruptionBudget", "signwatch-dask-worker"),
+        ("NetworkPolicy", "signwatch-dask-scheduler"), ("NetworkPolicy", "signwatch-dask-worker")}
+    for doc in added:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        assert doc["metadata"]["namespace"] == "signwatch"
+    [cron] = of_kind(added, "CronJob")
+    pods = {d["metadata"]["name"]: (d["spec"]["template"]["metadata"]["labels"], d["spec"]["template"]["spec"])
+            for d in of_kind(added, "Deployment")}
+    job_template = cron["spec"]["jobTemplate"]["spec"]["template"]
+    pods["signwatch-monitor-job"] = (job_template["metadata"]["labels"], job_template["spec"])
+    for name, (_, pod) in pods.items():
+        assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0, name
+        assert pod["automountServiceAccountToken"] is False, name
+        for c in pod["containers"]:
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"], name
+            assert sc["readOnlyRootFilesystem"] is True and c["image"].startswith("signwatch"), name
+            assert {"cpu", "memory"} <= set(c["resources"]["requests"]) & set(c["resources"]["limits"]), name
+
+    # The job's command line is one the CLI accepts, against the scheduler's Service.
+    [job] = pods["signwatch-monitor-job"][1]["containers"]
+    script = job["command"][-1]
+    assert "--scheduler tcp://signwatch-dask-scheduler:8786" in script
+    options = {p.opts[0] for p in get_command(app).commands["monitor"].commands["job"].params if p.opts}
+    assert {w for w in script.split() if w.startswith("--")} <= options
+    env = {e["name"]: e for e in job["env"]}
+    assert all("secretKeyRef" in e["valueFrom"] for e in env.values())
+    configmaps = {c["metadata"]["name"] for c in of_kind(docs, "ConfigMap")}
+    assert job["envFrom"][0]["configMapRef"]["name"] in configmaps
+    service = {s["metadata"]["name"]: s for s in of_kind(docs, "Service")}["signwatch-dask-scheduler"]
+    assert selects({"matchLabels": service["spec"]["selector"]}, pods["signwatch-dask-scheduler"][0])
+    [worker] = pods["signwatch-dask-worker"][1]["containers"]
+    assert worker["command"][:3] == ["dask", "worker", "tcp://signwatch-dask-scheduler:8786"]
+
+    # Under the default deny; the scheduler's 8786 from the job and the workers, the workers'
+    # ports from the scheduler and one another, and nothing else.
+    [deny] = [p for p in of_kind(docs, "NetworkPolicy") if p["metadata"]["name"] == "signwatch-default-deny-ingress"]
+
+    def admitted(name):
+        """(peer, port) pairs the policies admit; a named port the pod does not have admits nothing."""
+        labels, pod = pods[name]
+        named = {p["name"] for c in pod["containers"] for p in c.get("ports", [])}
+        policies = policies_for(docs, labels)
+        assert deny in policies, name
+        pairs = set()
+        for rule in (r for policy in policies for r in policy["spec"].get("ingress", [])):
+            for peer in rule["from"]:
+                if set(peer) == {"podSelector"}:
+                    sources = {n for n, (other, _) in pods.items() if selects(peer["podSelector"], other)}
+                else:
+                    sources = {f"namespace {peer['namespaceSelector']['matchLabels'][NAMESPACE_LABEL]}"}
+                pairs |= {(source, p["port"]) for source in sources for p in rule["ports"] if p["port"] in named}
+        return pairs
+
+    assert admitted("signwatch-dask-scheduler") == {("signwatch-monitor-job", "scheduler"),
+                                                    ("signwatch-dask-worker", "scheduler")}
+    assert admitted("signwatch-dask-worker") == {(peer, port) for peer in ("signwatch-dask-scheduler",
+                                                                           "signwatch-dask-worker")
+                                                 for port in ("worker", "nanny")}
+    assert admitted("signwatch-monitor-job") == set()  # nothing reaches the job

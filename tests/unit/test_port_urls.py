@@ -26,7 +26,9 @@ def test_a_bad_bus_url_is_refused_with_the_reason(url, message):
 
 
 @pytest.mark.parametrize("var, url, message", [
-    ("SIGNWATCH_BUS_URL", "kafka://127.0.0.1:9092?security_protocol=SASL_SSL", "security_protocol not supported"),
+    ("SIGNWATCH_BUS_URL", "kafka://127.0.0.1:9092?ssl_verify=false", "ssl_verify not supported"),
+    ("SIGNWATCH_BUS_URL", "kafka://127.0.0.1:9092?security_protocol=SASL_SSL", "needs sasl_mechanism"),
+    ("SIGNWATCH_BUS_URL", "kafka://127.0.0.1:9092?sasl_password=hunter2", "would put a secret in the URL"),
     ("SIGNWATCH_BUS_URL", "kafka://127.0.0.1:9092?linger_ms=5&lingerms=9", "lingerms not supported"),
     ("SIGNWATCH_STORE_URL", "s3://bucket?endpoint=http://127.0.0.1:8333&sse=aws:kms", "sse not supported"),
     ("SIGNWATCH_STORE_URL", "ftp://host/path", "store URL must be s3:// or file://"),

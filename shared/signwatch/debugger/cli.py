@@ -4,7 +4,7 @@
     signwatch debugger export --format smdebug ./data/tensors/signwatch s3://bucket/trials/run1
 
 TRIAL_URI and OUT take a folder, ``file://`` or ``s3://bucket/prefix[?endpoint=URL]`` (S3 endpoint and
-credentials as for ``create_trial``: ``SIGNWATCH_S3_*`` or boto3's own ``AWS_*`` chain). The export
+credentials as for ``create_trial``: the SIGNWATCH_ settings, read once here, or boto3's own ``AWS_*`` chain). The export
 is what ``smdebug.trials.create_trial(OUT)`` reads.
 """
 
@@ -40,9 +40,12 @@ def export(
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
 ) -> None:
     """Write a recorded trial in another tool's layout (smdebug: events, index, collections)."""
+    from signwatch.config import settings_for_command
+
     try:
-        trial = create_trial(trial_uri)
-        summary = export_smdebug(trial, out, progress=not quiet)
+        settings = settings_for_command()
+        trial = create_trial(trial_uri, settings=settings)
+        summary = export_smdebug(trial, out, progress=not quiet, settings=settings)
     except (FileNotFoundError, ValueError, StepUnavailable, TensorUnavailable, TypeError) as exc:
         raise _fail(str(exc).strip("'\"")) from None
     except Exception as exc:  # noqa: BLE001 - store errors (S3 down, no credentials): one line, not a traceback

@@ -165,11 +165,13 @@ def _collections(names: list[str], include_regex: list[str], num_workers: int) -
 
 
 def export_smdebug(trial: Trial, out: ObjectStore | str, prefix: str = "", *,
-                   progress: bool = False, on_step: Callable[[int, str], None] | None = None) -> dict:
+                   progress: bool = False, on_step: Callable[[int, str], None] | None = None,
+                   settings=None) -> dict:
     """Write every step of every worker of ``trial`` to ``out`` (a store and key prefix, or a folder,
-    file:// or s3:// URI) in smdebug's layout. Returns a summary: steps, workers, tensors, bytes."""
+    file:// or s3:// URI; S3 credentials from ``settings``, as ``create_trial``) in smdebug's layout.
+    Returns a summary: steps, workers, tensors, bytes."""
     if isinstance(out, str):
-        out, prefix = open_location(out, must_exist=False)
+        out, prefix = open_location(out, must_exist=False, settings=settings)
     steps = trial.steps()
     if not steps:
         raise ValueError(f"nothing to export: {trial.uri} has no recorded steps")

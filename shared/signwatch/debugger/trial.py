@@ -19,10 +19,12 @@ sorted order, as smdebug does, and ``value(step, worker=w)`` a given one (``tria
 
 Locations:
 - ``file:///abs/path/tensors/{endpoint}`` or a plain folder path;
-- ``s3://bucket/tensors/{endpoint}[?endpoint=http://host:port&region=...]``: the S3 endpoint comes
-  from the query or ``SIGNWATCH_S3_ENDPOINT`` (AWS when neither is set); credentials from
-  ``SIGNWATCH_S3_ACCESS_KEY``/``SIGNWATCH_S3_SECRET_KEY``, else boto3's own chain (``AWS_*``
-  variables, profile, instance role); region from the query or ``SIGNWATCH_S3_REGION``;
+- ``s3://bucket/tensors/{endpoint}[?endpoint=http://host:port&region=...]``: without options of
+  its own, the S3 endpoint and region of the settings' store URL (``SIGNWATCH_STORE_URL``, AWS when
+  neither is set); credentials and CA bundle from the settings (``SIGNWATCH_S3_ACCESS_KEY``,
+  ``SIGNWATCH_S3_SECRET_KEY``, ``SIGNWATCH_S3_CA_BUNDLE``), else boto3's own chain (``AWS_*``
+  variables, profile, instance role). ``create_trial(uri, settings=...)`` takes the settings from
+  its caller; without them it reads ``Settings()`` once, as every signwatch command does;
 - an open :class:`ObjectStore` and the key prefix: ``create_trial("tensors/signwatch", store=store)``.
 
 Tensors come back as numpy arrays. Batch tensors keep a batch dimension of 1 (``image`` is
@@ -37,7 +39,7 @@ import re
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlparse
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 from safetensors.numpy import load as load_safetensors
@@ -227,24 +229,22 @@ class Trial:
         return f"Trial({self.uri!r})"
 
 
-def open_location(uri: str, *, must_exist: bool = True) -> tuple[ObjectStore, str]:
-    """(store, key prefix) for ``s3://bucket/prefix[?endpoint=..&region=..]``, ``file://`` or a folder."""
+def open_location(uri: str, *, must_exist: bool = True, settings=None) -> tuple[ObjectStore, str]:
+    """(store, key prefix) for ``s3://bucket/prefix[?endpoint=..&region=..]``, ``file://`` or a folder;
+    S3 credentials and the default endpoint from ``settings`` (see the module docstring)."""
     parsed = urlparse(uri)
     if parsed.scheme == "s3":
-        from signwatch.ports.store_s3 import S3Store
+        from signwatch.ports import parse_url, s3_location
+        from signwatch.ports.security import Credentials
+        from signwatch.ports.store_s3 import open_url
 
         if not parsed.netloc:
             raise ValueError(f"s3 URI needs a bucket: {uri!r}")
-        query = parse_qs(parsed.query)
-        s3 = S3Store(
-            bucket=parsed.netloc,
-            endpoint=query.get("endpoint", [os.environ.get("SIGNWATCH_S3_ENDPOINT")])[0] or None,
-            access_key=os.environ.get("SIGNWATCH_S3_ACCESS_KEY") or None,
-            secret_key=os.environ.get("SIGNWATCH_S3_SECRET_KEY") or None,
-            region=query.get("region", [os.environ.get("SIGNWATCH_S3_REGION", "us-east-1")])[0],
-            create_bucket=False,
-        )
-        return s3, unquote(parsed.path).strip("/")
+        settings = settings if settings is not None else _settings()
+        store_url, prefix = s3_location(uri, settings.store_url)
+        _, location = parse_url("store", store_url)
+        s3 = open_url(location, Credentials.from_settings(settings), create_bucket=False)
+        return s3, prefix.strip("/")
     if parsed.scheme == "file":
         path = Path(unquote(parsed.netloc + parsed.path) if parsed.netloc else unquote(parsed.path))
     elif parsed.scheme == "" or (len(parsed.scheme) == 1 and os.name == "nt"):
@@ -258,10 +258,19 @@ def open_location(uri: str, *, must_exist: bool = True) -> tuple[ObjectStore, st
     return FileStore(path), ""
 
 
-def create_trial(uri: str, store: ObjectStore | None = None) -> Trial:
-    """A trial over ``uri`` (see the module docstring), or over prefix ``uri`` of ``store``."""
+def _settings():
+    """The SIGNWATCH_ settings, for a caller that passed none (a notebook's ``create_trial(uri)``,
+    as smdebug's reads the AWS_* environment): built here, once, as a command line builds them."""
+    from signwatch.config import settings_for_command
+
+    return settings_for_command()
+
+
+def create_trial(uri: str, store: ObjectStore | None = None, *, settings=None) -> Trial:
+    """A trial over ``uri`` (see the module docstring), or over prefix ``uri`` of ``store``;
+    ``settings``: the S3 credentials, CA bundle and default endpoint (``Settings()`` when None)."""
     if store is not None:
         parsed = urlparse(uri)
         prefix = parsed.path if parsed.scheme in ("s3", "file") else uri
         return Trial(store, prefix.strip("/"))
-    return Trial(*open_location(uri))
+    return Trial(*open_location(uri, settings=settings))

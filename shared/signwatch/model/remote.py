@@ -17,11 +17,12 @@ import os
 import tempfile
 from pathlib import Path, PurePosixPath
 from collections.abc import Callable
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import urlparse
 
 from signwatch.model.core import file_sha256 as _sha256
 from signwatch.model.importing import ImportOptions, import_cached
-from signwatch.ports import open_store
+from signwatch.ports import UnsupportedURL, open_store, s3_location
+from signwatch.ports.security import Credentials
 
 log = logging.getLogger(__name__)
 
@@ -32,23 +33,21 @@ class ModelFetchError(RuntimeError):
 
 def store_url_and_key(model_url: str, fallback_store_url: str | None = None) -> tuple[str, str]:
     """(the store URL of the bucket, the key) of ``s3://bucket/key[?endpoint=URL]``."""
-    parsed = urlparse(model_url)
-    if not parsed.netloc or not parsed.path.strip("/"):
+    try:
+        store_url, key = s3_location(model_url, fallback_store_url)
+    except UnsupportedURL as exc:
+        raise ModelFetchError(f"model URL needs a bucket and a key: {exc}") from None
+    if not key:
         raise ModelFetchError(f"model URL needs a bucket and a key: {model_url!r}")
-    endpoint = parse_qs(parsed.query).get("endpoint", [None])[0]
-    if endpoint is None and fallback_store_url and fallback_store_url.startswith("s3://"):
-        endpoint = parse_qs(urlparse(fallback_store_url).query).get("endpoint", [None])[0]
-    query = f"?endpoint={endpoint}" if endpoint else ""
-    return f"s3://{parsed.netloc}{query}", parsed.path.lstrip("/")
+    return store_url, key
 
 
-def fetch_weights(model_url: str, cache_dir: Path, access_key: str | None = None,
-                  secret_key: str | None = None, region: str = "us-east-1",
+def fetch_weights(model_url: str, cache_dir: Path, credentials: Credentials | None = None,
                   fallback_store_url: str | None = None) -> Path:
     """The local path of the weights behind ``model_url`` (with their manifest beside them)."""
     store_url, key = store_url_and_key(model_url, fallback_store_url)
     manifest_key = str(PurePosixPath(key).with_suffix(".json"))
-    store = open_store(store_url, access_key=access_key, secret_key=secret_key, region=region)
+    store = open_store(store_url, credentials)
     try:
         manifest_bytes = store.get(manifest_key)
     except KeyError as exc:
@@ -83,13 +82,8 @@ def s3_reader(settings) -> Callable[[str], bytes]:
     ``?endpoint=`` the endpoint of ``SIGNWATCH_STORE_URL`` (the same S3)."""
     def read(url: str) -> bytes:
         store_url, key = store_url_and_key(url, settings.store_url)
-        return open_store(store_url, _secret(settings.s3_access_key), _secret(settings.s3_secret_key),
-                          settings.s3_region).get(key)
+        return open_store(store_url, Credentials.from_settings(settings)).get(key)
     return read
-
-
-def _secret(value) -> str | None:
-    return value.get_secret_value() if value is not None else None
 
 
 def import_options(settings) -> ImportOptions:
@@ -104,8 +98,7 @@ def _is_signwatch_weights(path: str, settings) -> bool:
         return False
     if path.startswith("s3://"):
         store_url, key = store_url_and_key(path, settings.store_url)
-        store = open_store(store_url, _secret(settings.s3_access_key), _secret(settings.s3_secret_key),
-                           settings.s3_region)
+        store = open_store(store_url, Credentials.from_settings(settings))
         return store.exists(str(PurePosixPath(key).with_suffix(".json")))
     return Path(path).with_suffix(".json").exists()
 
@@ -125,7 +118,7 @@ def resolve_model_path(settings) -> Path | None:
     path = str(path)
     if _is_signwatch_weights(path, settings):
         if path.startswith("s3://"):
-            return fetch_weights(path, settings.model_cache_dir, _secret(settings.s3_access_key),
-                                 _secret(settings.s3_secret_key), settings.s3_region, settings.store_url)
+            return fetch_weights(path, settings.model_cache_dir, Credentials.from_settings(settings),
+                                 settings.store_url)
         return Path(path)
     return import_cached(path, import_options(settings), settings.model_cache_dir, s3_reader(settings))

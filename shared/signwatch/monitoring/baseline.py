@@ -27,11 +27,13 @@ from pathlib import Path
 import numpy as np
 
 from signwatch.data.classes import CLASS_NAMES as GTSRB_CLASS_NAMES
-from signwatch.model.core import MODELS_DIR
 from signwatch.monitoring import estimate
 from signwatch.monitoring.features import EDGES, N_BINS, Features, bin_of
 
 CLASS_FEATURE, CONFIDENCE_FEATURE, MARGIN_FEATURE = "PredictedClass", "Confidence", "Margin"
+# signwatch.model.core's MODELS_DIR, not imported from it: that would load torch into every
+# process that counts captured records (the scheduled job's workers never run the model)
+MODELS_DIR = Path(__file__).resolve().parents[3] / "models"
 SHIPPED = MODELS_DIR / "signwatch-resnet18.baseline"
 STATISTICS, CONSTRAINTS = "statistics.json", "constraints.json"
 SUGGEST_HINT = "signwatch baseline suggest --capture PREFIX --start ... --end ... --upload"
@@ -105,7 +107,10 @@ def _numerical_document(name: str, n: int, mean: float, std: float, lo: float, h
 
 
 def _numerical(name: str, values: np.ndarray) -> dict:
-    counts = np.bincount([bin_of(v) for v in values], minlength=N_BINS)
+    # ``bin_of`` of every value at once (bisect_right is searchsorted "right"): 500,000 captured
+    # records are binned in milliseconds rather than a second
+    bins = np.clip(np.searchsorted(np.array(EDGES), values, side="right") - 1, 0, N_BINS - 1)
+    counts = np.bincount(bins, minlength=N_BINS)
     quantiles = np.quantile(values, np.linspace(0, 1, min(1024, len(values)))).round(7).tolist()
     return _numerical_document(name, len(values), values.mean(), values.std(), values.min(), values.max(), counts,
                                quantiles)
@@ -159,27 +164,41 @@ def suggest(features: list[Features], n_classes: int, labels: list[int] | None =
     if len(features) < min_items:
         raise ValueError(f"a baseline needs at least {min_items} predictions, got {len(features)}")
     classes = np.array([f.class_id for f in features])
-    outside = int(((classes < 0) | (classes >= n_classes)).sum())
-    if outside:
-        raise ValueError(f"{outside} of {len(features)} predictions name a class outside the model's "
-                         f"0..{n_classes - 1}: were they made by another model?")
     conf = np.array([f.confidence for f in features])
     margin = np.array([f.margin for f in features])
-    counts = np.bincount(classes, minlength=n_classes)
-    n = len(features)
-    extra: dict = {"source": source, "low_confidence_count": int(sum(f.low_confidence for f in features)),
-                   "bin_edges": list(EDGES), "model": {"version": model_version, "num_classes": n_classes}}
+    labelled: dict = {}
     if labels is not None:
         accuracy = float((classes == np.array(labels)).mean())
-        extra |= {"labelled_accuracy": accuracy, "atc_bin": _atc_bin(conf, accuracy)}
+        labelled |= {"labelled_accuracy": accuracy, "atc_bin": _atc_bin(conf, accuracy)}
         if calibration:
             sets = [(features, labels)] + list(calibration)
-            extra |= {"bin_accuracy": [round(float(a), 6) for a in estimate.bin_accuracy(
-                          [([f.confidence_bin for f in fs], [f.class_id == y for f, y in zip(fs, ys)])
-                           for fs, ys in sets])],
-                      "bin_accuracy_sets": [len(fs) for fs, _ in sets]}
-    return _documents(counts, _numerical(CONFIDENCE_FEATURE, conf), _numerical(MARGIN_FEATURE, margin), extra,
-                      thresholds)
+            labelled |= {"bin_accuracy": [round(float(a), 6) for a in estimate.bin_accuracy(
+                             [([f.confidence_bin for f in fs], [f.class_id == y for f, y in zip(fs, ys)])
+                              for fs, ys in sets])],
+                         "bin_accuracy_sets": [len(fs) for fs, _ in sets]}
+    return suggest_from_values(classes, conf, margin, int(sum(f.low_confidence for f in features)), n_classes,
+                               source, thresholds, min_items, model_version, labelled)
+
+
+def suggest_from_values(classes: np.ndarray, confidence: np.ndarray, margin: np.ndarray, low_confidence_count: int,
+                        n_classes: int, source: str = "", thresholds: Thresholds | None = None, min_items: int = 100,
+                        model_version: str | None = None, labelled: dict | None = None) -> tuple[dict, dict]:
+    """``suggest`` from the predictions as columns (top-1 class ids, confidences, margins; the
+    scheduled job's ``capture_counts.Counted``), not one object each; ``labelled``: what labels add."""
+    n = len(classes)
+    if n < min_items:
+        raise ValueError(f"a baseline needs at least {min_items} predictions, got {n}")
+    classes = np.asarray(classes, dtype=np.int64)
+    outside = int(((classes < 0) | (classes >= n_classes)).sum())
+    if outside:
+        raise ValueError(f"{outside} of {n} predictions name a class outside the model's "
+                         f"0..{n_classes - 1}: were they made by another model?")
+    counts = np.bincount(classes, minlength=n_classes)
+    extra: dict = {"source": source, "low_confidence_count": int(low_confidence_count),
+                   "bin_edges": list(EDGES), "model": {"version": model_version, "num_classes": n_classes}}
+    extra |= labelled or {}
+    return _documents(counts, _numerical(CONFIDENCE_FEATURE, np.asarray(confidence, dtype=float)),
+                      _numerical(MARGIN_FEATURE, np.asarray(margin, dtype=float)), extra, thresholds)
 
 
 def suggest_from_counts(class_counts: np.ndarray, confidence_counts: np.ndarray, margin_counts: np.ndarray,

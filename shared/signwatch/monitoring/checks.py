@@ -34,6 +34,11 @@ class WindowCounts:
     # predictions of class ids the current model does not have, counted under a previous model
     # with more classes: left out of ``total`` and the class counts until they leave the window
     other_classes: int = 0
+    # screened inference events of the window (the explainer's ScreeningEvents, screening_counts.py),
+    # how many were flagged, and how many clean traffic would flag (the sum of their fpr)
+    screened: int = 0
+    flagged: int = 0
+    flagged_expected: float = 0.0
 
     @classmethod
     def empty(cls, kind: str, n_classes: int, **kw) -> "WindowCounts":
@@ -220,3 +225,28 @@ def estimated_accuracy(w: WindowCounts, b: Baseline | None) -> float | None:
         if found is not None:
             return found
     return estimate.average_confidence(w.confidence_counts, w.confidence_sum)
+
+
+ADVERSARIAL_FEATURE = "AdversarialScore"
+MIN_SCREENED = 20               # screened events a window needs before the flagged share is judged
+MIN_FLAGGED_INCREASE = 0.02     # effect size on top of significance, as low_confidence's
+
+
+def adversarial_share(w: WindowCounts, alpha: float) -> CheckResult:
+    """One-sided binomial test of the flagged share of the screened events against the share clean
+    traffic gives (the screening threshold's false positive rate, chosen on clean reference
+    images: the events' mean ``fpr``), and the share at least ``MIN_FLAGGED_INCREASE`` above it
+    (weather raises it a little, docs/attacks.md: that alone is no attack)."""
+    n, k = w.screened, w.flagged
+    if n < MIN_SCREENED:
+        return CheckResult("adversarial_share", ADVERSARIAL_FEATURE, "baseline_drift_check", w.kind, n, False,
+                           count=k, judged=False)
+    expected = min(max(w.flagged_expected / n, 1e-6), 1 - 1e-6)
+    share = k / n
+    p = binom_sf(k, n, expected)
+    failing = p < alpha and share - expected > MIN_FLAGGED_INCREASE
+    return CheckResult("adversarial_share", ADVERSARIAL_FEATURE, "baseline_drift_check", w.kind, n, failing,
+                       observed=share, statistic=share, p_value=p, threshold=expected, count=k,
+                       description=(f"{k} of {n} screened requests flagged as adversarial ({share:.2%}); clean "
+                                    f"traffic flags {expected:.2%} (the screening threshold's false positive rate), "
+                                    f"binomial p={p:.2e} < alpha={alpha:.2e}"))

@@ -65,20 +65,15 @@ def _time(value: Optional[str], name: str) -> Optional[datetime]:
 
 def _store_and_prefix(capture: str, settings, option: str = "--capture"):
     """``s3://bucket/prefix[?endpoint=URL]`` or ``file:///folder`` + prefix, or a prefix in the configured store."""
-    from signwatch.ports import UnsupportedURL, open_store
+    from signwatch.ports import UnsupportedURL, open_store, s3_location
+    from signwatch.ports.security import Credentials
     from signwatch.ports.store import check_key
 
     parsed = urlparse(capture)
     try:
         if parsed.scheme == "s3":
-            query = f"?{parsed.query}" if parsed.query else ""
-            if not query and settings.store_url and settings.store_url.startswith("s3://"):
-                query = "?" + urlparse(settings.store_url).query if urlparse(settings.store_url).query else ""
-            store = open_store(f"s3://{parsed.netloc}{query}",
-                               settings.s3_access_key.get_secret_value() if settings.s3_access_key else None,
-                               settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else None,
-                               settings.s3_region)
-            prefix = parsed.path.lstrip("/")
+            store_url, prefix = s3_location(capture, settings.store_url)
+            store = open_store(store_url, Credentials.from_settings(settings))
         elif parsed.scheme:
             raise _fail(f"{option} must be s3://bucket/prefix or a prefix in the configured store, got {capture!r}")
         else:
@@ -90,6 +85,41 @@ def _store_and_prefix(capture: str, settings, option: str = "--capture"):
     except (UnsupportedURL, ValueError) as exc:
         raise _fail(str(exc))
     return store, prefix
+
+
+def _capture_source(capture: str, settings):
+    """The store of ``capture`` as the job's workers open it: its URL and the credentials
+    (picklable), never a live client. Called after ``_store_and_prefix`` checked ``capture``."""
+    from signwatch.monitoring.job_workers import StoreSource
+    from signwatch.ports import s3_location
+    from signwatch.ports.security import Credentials
+    from signwatch.runtime import embedded_store_url
+
+    if urlparse(capture).scheme == "s3":
+        url = s3_location(capture, settings.store_url)[0]
+    else:
+        url = settings.store_url or embedded_store_url()
+    return StoreSource(url, Credentials.from_settings(settings))
+
+
+@dataclass(frozen=True)
+class _Counting:
+    """Where the job counts: its capture files' store (as workers open it) and on what."""
+
+    source: object  # job_workers.StoreSource
+    workers: Optional[int] = None  # None: every CPU of this machine
+    scheduler: Optional[str] = None  # "local" or tcp://host:8786: on Dask
+
+
+def _workers_option(workers: Optional[int], scheduler: Optional[str]) -> None:
+    if workers is not None and workers < 1:
+        raise _fail(f"--workers must be 1 or more, got {workers}")
+    if scheduler is not None and scheduler != "local" and not urlparse(scheduler).scheme:
+        raise _fail(f"--scheduler must be local or a Dask scheduler's address (tcp://host:8786), got {scheduler!r}")
+
+
+WORKERS_HELP = "processes counting the capture files (default: every CPU); with --scheduler local, Dask workers"
+SCHEDULER_HELP = "count on Dask: local (a LocalCluster on this machine) or a scheduler's address (tcp://host:8786)"
 
 
 def _configured_store(settings):
@@ -200,12 +230,19 @@ def suggest_cmd(
                                     help="with --quality: each threshold lies this far below the baseline's value"),
     deviations: float = typer.Option(3.0, min=0.0, help="with --quality: and this many of its standard deviations "
                                                         "further (0 and 0: SageMaker's suggestion, any drop alerts)"),
+    workers: Optional[int] = typer.Option(None, help=f"with --capture: {WORKERS_HELP}"),
+    scheduler: Optional[str] = typer.Option(None, help=f"with --capture: {SCHEDULER_HELP}"),
+    screening_fpr: float = typer.Option(0.01, "--screening-fpr", min=0.0001, max=0.5,
+                                        help="with reference images: false positive rate of the screening "
+                                             "threshold written to screening.json (the explainer's adversarial "
+                                             "score, docs/attacks.md, Screening)"),
 ) -> None:
-    """Run the model over reference data and write SageMaker-shaped statistics.json + constraints.json."""
+    """Run the model over reference data and write SageMaker-shaped statistics.json + constraints.json
+    (and, from reference images, the screening calibration screening.json)."""
     from signwatch.monitoring import baseline as bl
-    from signwatch.monitoring.job import keys_in_range, split_by_class
+    from signwatch.monitoring.job import keys_in_range
     from signwatch.monitoring.reference import (
-        LabelledFolderError, features_from_capture, features_from_top, images_from_folders, predict_top,
+        LabelledFolderError, features_from_top, images_from_folders, predict_top,
     )
 
     settings = _settings()
@@ -226,11 +263,15 @@ def suggest_cmd(
     calibration: list = []  # labelled shifted sets, rendered only (see below)
     if capture is not None:
         spec = _model_facts(settings, weights)  # the class count of the model that made the records
+        from signwatch.monitoring.capture_counts import finish
+        from signwatch.monitoring.job_workers import count_range
+
+        _workers_option(workers, scheduler)
         store, prefix = _store_and_prefix(capture, settings)
         keys = keys_in_range(store.list(prefix), t0, t1)
-        features, bad = features_from_capture([store.get(k) for k in keys], t0, t1)
-        features, outside = split_by_class(features, spec.num_classes)
-        unreadable = bad + outside
+        counted = finish(count_range(_capture_source(capture, settings), keys, t0, t1, workers=workers,
+                                     scheduler=scheduler, store=store), spec.num_classes)
+        unreadable, outside = counted.unreadable, counted.outside
         if outside:
             typer.echo(f"note: {outside} captured predictions name a class outside model {spec.version}'s "
                        f"0..{spec.num_classes - 1} (another model's?): left out", err=True)
@@ -280,21 +321,58 @@ def suggest_cmd(
         labels = [int(v) for v in labels]
     source += f", model {spec.version}"
     try:
-        statistics, constraints = bl.suggest(features, spec.num_classes, labels=labels, source=source,
-                                             model_version=spec.version, calibration=calibration)
+        if capture is not None:  # columns, not one object a record: 500,000 records are 22 MB
+            statistics, constraints = bl.suggest_from_values(
+                counted.class_id, counted.confidence, counted.margin, int(counted.low.sum()), spec.num_classes,
+                source=source, model_version=spec.version)
+            item_count = len(counted)
+        else:
+            statistics, constraints = bl.suggest(features, spec.num_classes, labels=labels, source=source,
+                                                 model_version=spec.version, calibration=calibration)
+            item_count = len(features)
     except ValueError as exc:
         raise _fail(str(exc), 1)
+    screening = None
+    if capture is None:  # reference images: the screening threshold is chosen on them (captured: counts only)
+        try:
+            screening = _screening_calibration(model, spec, pictures, screening_fpr)
+        except LabelledFolderError as exc:
+            raise _fail(str(exc), 1)
     bl.write_folder(out, statistics, constraints)
-    result = {"out": str(out), "item_count": len(features), "baseline_id": bl.baseline_id(statistics, constraints),
+    result = {"out": str(out), "item_count": item_count, "baseline_id": bl.baseline_id(statistics, constraints),
               "labelled_accuracy": statistics["signwatch"].get("labelled_accuracy"),
               "model_version": spec.version, "num_classes": spec.num_classes}
+    if screening is not None:
+        from signwatch.screening import stored
+
+        stored.write_folder(out, screening)
+        result["screening"] = {"threshold": screening.threshold, "fpr": screening.fpr,
+                               "reference_count": screening.reference_count}
     if capture is not None:
         result["unreadable"] = unreadable
     if upload:
         store = _configured_store(settings)
         _check_served(store, settings, spec)
         result["uploaded"] = bl.write_store(store, _baseline_prefix(settings), statistics, constraints)
+        if screening is not None:
+            result["uploaded"].append(stored.write_store(store, _baseline_prefix(settings), screening))
     typer.echo(json.dumps(result, indent=2))
+
+
+SCREENING_REFERENCE = 2000  # reference images the screening threshold is chosen on, at most (evenly spread)
+
+
+def _screening_calibration(model, spec, pictures, fpr: float):
+    """The screening calibration on the reference images (3 forwards each: seconds for 2,000)."""
+    import numpy as np
+
+    from signwatch.screening import Screener, calibrate
+
+    screener = Screener(model, spec)
+    chosen = np.unique(np.linspace(0, len(pictures) - 1, min(len(pictures), SCREENING_REFERENCE)).round().astype(int))
+    raw = np.concatenate([screener.raw([pictures[int(i)] for i in chosen[j:j + 128]])  # decoded a batch at a time
+                          for j in range(0, len(chosen), 128)], axis=1)
+    return calibrate(raw, screener.signal, screener.squeezers, fpr, model_version=spec.version)
 
 
 def _check_served(store, settings, spec) -> None:
@@ -538,11 +616,13 @@ def _print_counts(result, class_names) -> None:
         typer.echo(f"VIOLATION {v['constraint_check_type']} {v['feature_name']}: {v['description']}")
 
 
-def _check(store, settings, keys, t0=None, t1=None, runs_per_day=24):
+def _check(store, settings, keys, t0=None, t1=None, runs_per_day=24, counting: Optional[_Counting] = None):
     """(the run's result, the model's facts, the drift baseline or None): the model is asked for at
     each run (it may change)."""
     from signwatch.monitoring import baseline as bl
-    from signwatch.monitoring.job import run_job
+    from signwatch.monitoring.capture_counts import finish
+    from signwatch.monitoring.job import run_counted
+    from signwatch.monitoring.job_workers import count_range
 
     spec = _model_facts(settings)
     from signwatch.monitoring.tracks import Tracks
@@ -552,9 +632,13 @@ def _check(store, settings, keys, t0=None, t1=None, runs_per_day=24):
     tracks = Tracks(MemoryState(), settings.endpoint, settings.monitor_track_window_seconds,
                     settings.monitor_track_max_distance, settings.monitor_track_max_age_seconds,
                     settings.monitor_track_capacity)  # the run's own: frames of one object count once
-    result = run_job([store.get(k) for k in keys], baseline, spec.class_names, t0, t1, runs_per_day,
-                     model_version=spec.version, thresholds=bl.Thresholds().merged(_overrides(settings)),
-                     judge_classes=judge_classes, tracks=tracks)
+    counting = counting or _Counting(_capture_source("", settings))
+    # the map over the files (here, on local processes or on Dask), then the reduce and the fold here
+    partial = count_range(counting.source, keys, t0, t1, hashes=tracks.enabled, workers=counting.workers,
+                          scheduler=counting.scheduler, store=store)
+    result = run_counted(finish(partial, spec.num_classes, tracks), baseline, spec.class_names, runs_per_day,
+                         model_version=spec.version, thresholds=bl.Thresholds().merged(_overrides(settings)),
+                         judge_classes=judge_classes)
     return result, spec, baseline
 
 
@@ -564,14 +648,14 @@ def _facts(result, spec) -> dict:
 
 
 def _run_once(store, prefix, output, t0, t1, settings, runs_per_day, as_json,
-              labels: Optional[_LabelSource] = None) -> int:
+              labels: Optional[_LabelSource] = None, counting: Optional[_Counting] = None) -> int:
     from signwatch.monitoring.job import keys_in_range, run_folder, write_run
 
     keys = keys_in_range(store.list(prefix), t0, t1)
     if not keys:
         typer.echo(f"error: no capture files under {prefix!r} in the range", err=True)
         return 1
-    result, spec, baseline = _check(store, settings, keys, t0, t1, runs_per_day)
+    result, spec, baseline = _check(store, settings, keys, t0, t1, runs_per_day, counting)
     folder = run_folder(output, t1 or datetime.now(timezone.utc))
     written = write_run(store, folder, result)
     summary = {"total": result.total, "unreadable": result.unreadable, "folded": result.folded,
@@ -613,13 +697,17 @@ def job_cmd(
     start_offset: Optional[str] = typer.Option(None, help="with --ground-truth: move the labelled predictions' "
                                                             "start back (ISO 8601 duration, e.g. -P1D)"),
     end_offset: Optional[str] = typer.Option(None, help="with --ground-truth: move their end back (e.g. -PT1H)"),
+    workers: Optional[int] = typer.Option(None, help=WORKERS_HELP),
+    scheduler: Optional[str] = typer.Option(None, help=SCHEDULER_HELP),
 ) -> None:
     """Check captured records against the baseline; write statistics.json + constraint_violations.json
     (with --ground-truth also model_quality/statistics.json + constraint_violations.json)."""
     settings = _settings()
     if ground_truth is None and (start_offset or end_offset):
         raise _fail("--start-offset and --end-offset go with --ground-truth")
+    _workers_option(workers, scheduler)
     store, prefix = _store_and_prefix(capture, settings)
+    counting = _Counting(_capture_source(capture, settings), workers, scheduler)
     labels = None
     if ground_truth is not None:
         labels = _label_source(ground_truth, capture, settings, start_offset, end_offset)
@@ -628,7 +716,7 @@ def job_cmd(
         t0, t1 = _time(start, "start"), _time(end, "end")
         if t0 and t1 and t1 <= t0:
             raise _fail("--end must come after --start")
-        raise typer.Exit(_run_once(store, prefix, output, t0, t1, settings, 24, as_json, labels))
+        raise typer.Exit(_run_once(store, prefix, output, t0, t1, settings, 24, as_json, labels, counting))
     fire = _next_fire(schedule, datetime.now(timezone.utc))
     period = _next_fire(schedule, fire) - fire
     runs_per_day = max(1, round(timedelta(days=1) / period))
@@ -637,7 +725,8 @@ def job_cmd(
         while True:
             time.sleep(max(0.0, (fire - datetime.now(timezone.utc)).total_seconds()))
             try:
-                _run_once(store, prefix, output, fire - period, fire, settings, runs_per_day, as_json, labels)
+                _run_once(store, prefix, output, fire - period, fire, settings, runs_per_day, as_json, labels,
+                          counting)
             except typer.Exit:
                 pass  # said on stderr (no manifest, a baseline that does not fit): the next run tries again
             fire = _next_fire(schedule, fire)
@@ -662,11 +751,12 @@ def batch_cmd(
     except ValueError as exc:
         raise _fail(str(exc))
     settings = _settings()
-    store, prefix = _store_and_prefix(prefix, settings)
+    store, where = _store_and_prefix(prefix, settings)
+    counting, prefix = _Counting(_capture_source(prefix, settings)), where
     keys = keys_in_range(store.list(prefix), None, None)
     if not keys:
         raise _fail(f"no capture files under {prefix!r}", 1)
-    result, spec, _ = _check(store, settings, keys)
+    result, spec, _ = _check(store, settings, keys, counting=counting)
     uri = store.put(output, json.dumps({"violations": result.violations}, indent=2).encode(), "application/json")
     typer.echo(json.dumps({"violations": result.violations, "predicted_classes": result.predicted_classes,
                            "total": result.total, "unreadable": result.unreadable, "files": len(keys),

@@ -49,8 +49,11 @@ class Incidents:
 
     def claim(self, group: str, checks: list[str], violation: ViolationEvent, now: float, iso_now: str) -> bool:
         """Open the incident with ``violation`` (into the outbox with the claim); True if this call did."""
+        # description and class_id: what an alert on the open incident says (every replica's
+        # ``signwatch_violation_open`` gauge reads the records, not the replica that published)
         record = {"group": group, "checks": list(checks), "violation_id": violation.violation_id,
-                  "since": iso_now, "since_ts": now, "last_unclear": now}
+                  "since": iso_now, "since_ts": now, "last_unclear": now,
+                  "description": violation.check.description, "class_id": violation.class_id}
         return self.state.claim(self.key(group), json.dumps(record), RECORD_TTL_S, self.outbox.entry(violation))
 
     def hold(self, rate_per_s: float) -> float:
@@ -84,6 +87,10 @@ class Incidents:
     @property
     def resolved_key(self) -> str:
         return f"signwatch:resolved:{self.endpoint}"
+
+    def open_records(self, groups) -> list[dict]:
+        """The records of the incidents open now, among ``groups``."""
+        return [record for group in groups if (record := self.get(group)) is not None]
 
     def recently_resolved(self) -> list[dict]:
         return [json.loads(r) for r in self.state.get_list(self.resolved_key)]

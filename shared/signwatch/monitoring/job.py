@@ -9,6 +9,9 @@ is split over the runs of a day (24 for an hourly schedule) and the tests of a r
 The classes are the served model's (its manifest): a record whose top-1 class id is not one of
 them counts as unreadable (the completeness check), as a record that is not JSON does. Without a
 baseline for the model only over-prediction and completeness run (``JobResult.baseline_id`` None).
+
+Counting streams and scales out (``capture_counts``: a map per file, a reduce; ``job_workers``:
+in this process, on local processes or on Dask): ``run_counted`` judges what they counted.
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 
 from signwatch.monitoring import registry
-from signwatch.monitoring.baseline import Baseline, Thresholds, suggest
+from signwatch.monitoring.baseline import Baseline, Thresholds
+from signwatch.monitoring.baseline import suggest_from_values
+from signwatch.monitoring.capture_counts import Counted, count_chunks, finish, merge
 from signwatch.monitoring.checks import WindowCounts, estimated_accuracy
 from signwatch.monitoring.features import N_BINS, Features
-from signwatch.monitoring.reference import CapturedFrame, captured_frames, features_from_capture
 from signwatch.monitoring.tracks import Tracks
 
 _HOUR = re.compile(r"/(\d{4})/(\d{2})/(\d{2})/(\d{2})/")
@@ -45,6 +49,15 @@ def batch_counts(features: list[Features], n_classes: int, unreadable: int = 0) 
     margin = np.bincount([f.margin_bin for f in features], minlength=N_BINS).astype(float)
     return WindowCounts("batch", len(features), classes, conf, margin, sum(f.low_confidence for f in features),
                         float(sum(f.confidence for f in features)), unreadable=unreadable)
+
+
+def counted_window(counted: Counted, n_classes: int) -> WindowCounts:
+    """``batch_counts`` of the counted frames (the same numbers, to the last bit of the sum: the
+    confidences are added one by one in time order, as the features' list was)."""
+    return WindowCounts("batch", len(counted), np.bincount(counted.class_id, minlength=n_classes).astype(float),
+                        np.bincount(counted.confidence_bin, minlength=N_BINS).astype(float),
+                        np.bincount(counted.margin_bin, minlength=N_BINS).astype(float), int(counted.low.sum()),
+                        float(sum(counted.confidence.tolist())), unreadable=counted.unreadable)
 
 
 def keys_in_range(keys: list[str], start: datetime | None, end: datetime | None) -> list[str]:
@@ -79,14 +92,19 @@ def run_job(files: list[bytes], baseline: Baseline | None, class_names: tuple[st
             start: datetime | None = None, end: datetime | None = None, runs_per_day: int = 24,
             model_version: str | None = None, thresholds: Thresholds | None = None,
             judge_classes: bool = True, tracks: Tracks | None = None) -> JobResult:
-    """``tracks``: fold the frames of one object (``signwatch.monitoring.tracks``), as the streaming
-    monitor does; None counts every record."""
-    if tracks is not None and tracks.enabled:
-        features, unreadable, folded = fold(*captured_frames(files, start, end), tracks)
-    else:
-        (features, unreadable), folded = features_from_capture(files, start, end), 0
-    features, outside = split_by_class(features, len(class_names))
-    w = batch_counts(features, len(class_names), unreadable + outside)
+    """The job over files already read (a few, in tests): ``tracks`` folds the frames of one
+    object (``signwatch.monitoring.tracks``), as the streaming monitor does; None counts every record."""
+    folding = tracks is not None and tracks.enabled
+    partial = merge(count_chunks([data], start, end, hashes=folding) for data in files)
+    return run_counted(finish(partial, len(class_names), tracks), baseline, class_names, runs_per_day,
+                       model_version, thresholds, judge_classes)
+
+
+def run_counted(counted: Counted, baseline: Baseline | None, class_names: tuple[str, ...], runs_per_day: int = 24,
+                model_version: str | None = None, thresholds: Thresholds | None = None,
+                judge_classes: bool = True) -> JobResult:
+    """The checks over what the map and reduce counted (``capture_counts.finish``)."""
+    w = counted_window(counted, len(class_names))
     t = baseline.thresholds if baseline is not None else (thresholds or Thresholds())
 
     def alpha(check: str) -> float:  # the window checks' shares of the day's budget, over the day's runs
@@ -95,26 +113,12 @@ def run_job(files: list[bytes], baseline: Baseline | None, class_names: tuple[st
     results = registry.run_checks(w, baseline, alpha, class_names, t, judge_classes=judge_classes)
     violations = [{"feature_name": r.feature, "constraint_check_type": r.check_type, "description": r.description}
                   for r in results if r.failing]
-    statistics = (suggest(features, len(class_names), min_items=1, model_version=model_version)[0]
-                  if features else None)
+    statistics = (suggest_from_values(counted.class_id, counted.confidence, counted.margin, int(counted.low.sum()),
+                                      len(class_names), min_items=1, model_version=model_version)[0]
+                  if len(counted) else None)
     predicted = {int(c): int(n) for c, n in enumerate(w.class_counts) if n}
     return JobResult(w.total, w.unreadable, predicted, violations, statistics, estimated_accuracy(w, baseline),
-                     len(files), baseline.baseline_id if baseline is not None else None, folded)
-
-
-FOLD_BATCH = 256  # frames decided together (against the tracks of every frame before them)
-
-
-def fold(frames: list[CapturedFrame], unreadable: int, tracks: Tracks) -> tuple[list[Features], int, int]:
-    """(the features of the frames that count, unreadable, how many were folded into a track)."""
-    out, folded = [], 0
-    for i in range(0, len(frames), FOLD_BATCH):
-        part = frames[i:i + FOLD_BATCH]
-        decisions = tracks.decide([(f, f.features.class_id) for f in part], read_state=False)
-        tracks.remember(write_state=False)
-        out += [f.features for f, d in zip(part, decisions) if not d.folded]
-        folded += sum(bool(d.folded) for d in decisions)
-    return out, unreadable, folded
+                     counted.files, baseline.baseline_id if baseline is not None else None, counted.folded)
 
 
 def run_folder(output_prefix: str, end: datetime) -> str:

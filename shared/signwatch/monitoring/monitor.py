@@ -35,11 +35,11 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 from signwatch.capture import should_sample
-from signwatch.events import BaselineEvent, InferenceEvent, PoisonMessage, ViolationEvent
+from signwatch.events import BaselineEvent, InferenceEvent, PoisonMessage, ScreeningEvent, ViolationEvent
 from signwatch.monitoring import baseline as bl
 from signwatch.monitoring import model_quality, quality, registry
 from signwatch.monitoring.baseline_keeper import BaselineKeeper, Served
@@ -49,7 +49,8 @@ from signwatch.monitoring.incidents import Incidents
 from signwatch.monitoring.labels import LabelJoin
 from signwatch.monitoring.learning import LearnedOutbox, Learning
 from signwatch.monitoring.model_quality import QualityConstraints
-from signwatch.monitoring.registry import CHECKS, INCIDENTS, run_checks
+from signwatch.monitoring.registry import CHECKS, INCIDENTS, run_checks, run_screening_checks
+from signwatch.monitoring.screening_counts import ScreeningCounts, ScreeningWindows
 from signwatch.monitoring.sequential import SequentialChecks
 from signwatch.monitoring.sequential import state_key as sequential_key
 from signwatch.monitoring.tracks import Tracks
@@ -73,6 +74,10 @@ def read_snapshot(state: StateStore, endpoint: str) -> dict | None:
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat()
+
+
+def _with_screening(w: WindowCounts, s: ScreeningCounts) -> WindowCounts:
+    return replace(w, screened=s.screened, flagged=s.flagged, flagged_expected=s.expected)
 
 
 @dataclass
@@ -191,6 +196,10 @@ class Monitor:
         # Set by the label loop (another thread) once it joined labels: the quality check is due
         # even when no prediction arrives (labels come days later, often in a quiet hour).
         self.labels_changed = False
+        # The explainer's adversarial scores (screening_counts.py), counted by the screening loop
+        # (another thread), which sets ``screening_changed``: the next tick judges them.
+        self.screening = ScreeningWindows(state, config.endpoint, config.window_s, config.bucket_s, config.count_n)
+        self.screening_changed = False
         self.windows.mark_alive()
 
     @property
@@ -268,7 +277,7 @@ class Monitor:
     @property
     def _kinds(self) -> tuple[str, ...]:
         """The kinds of checks that run (and share the false-alarm budget)."""
-        return ("window", "sequential") if self.config.sequential else ("window",)
+        return ("window", "sequential", "screening") if self.config.sequential else ("window", "screening")
 
     def alpha(self, check: str) -> float:
         """``check``'s alpha per test: its share of the day's budget over a day of evaluations of
@@ -421,7 +430,7 @@ class Monitor:
 
     def tick(self, force: bool = False) -> list[ViolationEvent]:
         """Run the checks if events wait and the interval passed (or ``force``)."""
-        if not (self._since_check or self.labels_changed) \
+        if not (self._since_check or self.labels_changed or self.screening_changed) \
                 or (not force and self.clock() - self._last_check < self.config.check_interval_s):
             return []
         return self.evaluate()
@@ -432,14 +441,17 @@ class Monitor:
         now = self._now_ts or time.time()
         tipping = self._tipping
         labelled = self.labels_changed
-        self._since_check, self._last_check, self.labels_changed = 0, self.clock(), False
-        windows = [self.windows.time_window(now), self.windows.count_window()]
+        self._since_check, self._last_check, self.labels_changed, self.screening_changed = 0, self.clock(), False, False
+        windows = [_with_screening(self.windows.time_window(now), self.screening.time_window(now)),
+                   _with_screening(self.windows.count_window(), self.screening.count_window())]
         judge = self.judge_classes
         results = [r for w in windows for r in run_checks(w, self.baseline, self.alpha, self.class_names,
                                                           self.thresholds, judge_classes=judge)]
         if self.sequential is not None and self.baseline is not None \
                 and self.sequential.baseline_id == self.baseline.baseline_id:
             results += [r for r in self.sequential.results() if registry.get(r.name).runs(True, judge)]
+        # Only where the explainer screens: an endpoint without screening shows no such check.
+        results += [r for w in windows if w.screened for r in run_screening_checks(w, self.alpha)]
         quality_results, mistaken = self._judge_quality(labelled)
         results += quality_results
         self.last = Evaluation(now, windows, results, estimated_accuracy(windows[0], self.baseline), self.quality)
@@ -471,6 +483,16 @@ class Monitor:
         if self.clock() - self._last_snapshot >= self.config.snapshot_interval_s or out:
             self._write_snapshot(now)
         return out
+
+    def add_screening(self, events: list[ScreeningEvent]) -> int:
+        """Count the explainer's screening events of this endpoint, each event id once; safe from
+        another thread (the screening loop's): new counts make the next tick judge them. Returns
+        how many were new."""
+        mine = [e for e in events if e.endpoint == self.config.endpoint]
+        new = sum(self.screening.record_many(mine))
+        if new:
+            self.screening_changed = True
+        return new
 
     def add_labels(self, labels: list[tuple[str, int]]) -> list[str]:
         """Join ``(id, class)`` labels (``LabelJoin.add_labels``); safe from another thread (the
@@ -537,7 +559,7 @@ class Monitor:
             return {"seconds": w.seconds, "size": w.size, "total": int(w.total),
                     "class_counts": {str(c): int(n) for c, n in enumerate(w.class_counts) if n},
                     "low_confidence_share": round(w.low_confidence_share, 6), "unreadable": int(w.unreadable),
-                    "other_classes": int(w.other_classes)}
+                    "other_classes": int(w.other_classes), "screened": int(w.screened), "flagged": int(w.flagged)}
 
         incidents = []
         for group in INCIDENTS:

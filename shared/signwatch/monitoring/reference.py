@@ -1,25 +1,23 @@
 """Reference predictions for a baseline: the model over images (rendered, GTSRB, or a labelled
-folder of the user's own), or captured records."""
+folder of the user's own), or captured records (counted by ``monitoring.capture_counts``)."""
 
 from __future__ import annotations
 
 import base64
-import json
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from signwatch.capture import read_capture_lines
 from signwatch.monitoring.features import Features, features_of
 
 
 def predict_top(model, spec, images: np.ndarray, k: int = 5, batch_size: int = 128,
                 progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Top-k (class ids, probabilities) of the model for uint8 images, in batches."""
+    import torch  # here, not above: the scheduled job's workers read record_time and never load torch
     from tqdm.auto import tqdm
 
     from signwatch.model import preprocess
@@ -109,55 +107,32 @@ def record_time(record: dict) -> datetime | None:
         return None
 
 
-@dataclass(frozen=True)
-class CapturedFrame:
-    """One captured record as the tracks see a frame (``signwatch.monitoring.tracks``)."""
-
-    time: datetime
-    features: Features
-    custom_attributes: str | None
-    image_hash: str | None  # of the captured image's pixels, as the serving core computed it
+RECORDED_HASH = re.compile(r"[0-9a-f]{16}")  # as ``events.ImageHash``
 
 
-def features_from_capture(files: list[bytes], start: datetime | None = None, end: datetime | None = None
-                          ) -> tuple[list[Features], int]:
-    """Features of the captured records in [start, end), and how many records could not be read."""
-    frames, unreadable = captured_frames(files, start, end, hashes=False)
-    return [f.features for f in frames], unreadable
+def recorded_hash(record: dict) -> str | None:
+    """The perceptual hash the serving core took of the record's image (``eventMetadata.imageHash``,
+    written by ``capture.capture_record`` since the events carry it), or None: an older capture."""
+    meta = record.get("eventMetadata")
+    found = meta.get("imageHash") if isinstance(meta, dict) else None
+    return found if isinstance(found, str) and RECORDED_HASH.fullmatch(found) else None
 
 
-def captured_frames(files: list[bytes], start: datetime | None = None, end: datetime | None = None,
-                    hashes: bool = True) -> tuple[list[CapturedFrame], int]:
-    """The captured records of [start, end) in time order (file order within a second), and how
-    many could not be read. ``hashes``: the perceptual hash of each captured image, decoded as the
-    serving core decoded it (SageMaker's record has no field for it; an input that is not one
-    image, a batch or a tensor, gets none and is never folded)."""
-    out, unreadable = [], 0
-    for data in files:
-        records, bad = read_capture_lines(data)
-        unreadable += bad
-        for record in records:
-            t = record_time(record)
-            if t is not None and ((start and t < start) or (end and t >= end)):
-                continue
-            try:
-                f = features_of(json.loads(record["captureData"]["endpointOutput"]["data"])["predictions"])
-            except (ValueError, KeyError, TypeError, IndexError):
-                unreadable += 1
-                continue
-            meta = record.get("eventMetadata") or {}
-            out.append(CapturedFrame(t or datetime.min.replace(tzinfo=timezone.utc), f, meta.get("customAttributes"),
-                                     _image_hash(record) if hashes else None))
-    out.sort(key=lambda frame: frame.time)
-    return out, unreadable
-
-
-def _image_hash(record: dict) -> str | None:
+def decoded_hash(record: dict) -> str | None:
+    """The perceptual hash of a captured record's image, decoded as the serving core decoded it
+    (an input that is not one image, a batch or a tensor, gets none and is never folded). The
+    decoded pixels are dropped on return."""
     from signwatch.imaging import ImageError, decode_images, perceptual_hash
 
-    data = record["captureData"]["endpointInput"]
     try:
+        data = record["captureData"]["endpointInput"]
         images = decode_images(base64.b64decode(data["data"]), data.get("observedContentType"))
-    except (ImageError, ValueError, KeyError, TypeError):
+    except (ImageError, ValueError, KeyError, TypeError, AttributeError):
         return None
     return perceptual_hash(images[0]) if len(images) == 1 else None
+
+
+def image_hash_of(record: dict) -> str | None:
+    """The record's perceptual hash: as recorded where the capture carries it (no image decoded),
+    else taken of the decoded image (the same function, ``imaging.perceptual_hash``)."""
+    return recorded_hash(record) or decoded_hash(record)

@@ -8,7 +8,10 @@ never spell a check's name out. One entry says:
 - ``test``: how it decides, in words; ``kind``: ``"window"`` (a function of a window's counts,
   run on the time and the count window at each evaluation, and by the job on its batch) or
   ``"sequential"`` (evidence accumulated per prediction, ``signwatch.monitoring.sequential``) or
-  ``"quality"`` (metrics of the labelled predictions, ``signwatch.monitoring.model_quality``);
+  ``"quality"`` (metrics of the labelled predictions, ``signwatch.monitoring.model_quality``) or
+  ``"screening"`` (a function of the screening windows' counts, the explainer's adversarial scores,
+  ``signwatch.monitoring.screening_counts``: run by the streaming monitor on both windows, never by
+  the job, which reads captured records without scores);
 - ``needs``: ``"nothing"``, ``"baseline"``, ``"class_baseline"`` (it judges class shares: it
   runs only against a baseline made from the endpoint's own traffic, see ``Monitor.judge_classes``),
   or ``"quality_constraints"`` (labels and a model-quality baseline: ``model_quality.py``);
@@ -61,11 +64,11 @@ class Check:
     feature: str
     check_type: str
     test: str
-    kind: str          # "window" | "sequential" | "quality"
+    kind: str          # "window" | "sequential" | "quality" | "screening"
     needs: str         # "nothing" | "baseline" | "class_baseline" | "quality_constraints"
     budget_share: float
     samples: str       # "class" | "mover" | "unsure" | "mistaken" | "none"
-    incident: str      # "model" | "data" | "quality"
+    incident: str      # "model" | "data" | "quality" | "attack"
     description: str
     clear: Callable[[CheckResult], bool]
     run: Callable[[WindowCounts, Context], CheckResult] | None = None  # window checks
@@ -157,7 +160,18 @@ QUALITY = (
           "a model-quality metric crossed its constraint", lambda r: not r.failing),
 )
 
-CHECKS: tuple[Check, ...] = WINDOW_CHECKS + SEQUENTIAL + QUALITY
+# Adversarial images are an attack on the endpoint, not the model's drift: their own incident.
+SCREENING = (
+    Check("adversarial_share", c.ADVERSARIAL_FEATURE, "baseline_drift_check",
+          "one-sided binomial test of the share of screened requests flagged as adversarial against the screening "
+          "threshold's false positive rate (chosen on clean reference images, stored with the baseline)",
+          "screening", "nothing", 0.04, "none", "attack",
+          "more requests than clean traffic gives read as adversarial (the explainer's screening)",
+          _low_confidence_clear, lambda w, x: c.adversarial_share(w, x.alpha("adversarial_share")),
+          only_windows=("time", "count")),
+)
+
+CHECKS: tuple[Check, ...] = WINDOW_CHECKS + SEQUENTIAL + QUALITY + SCREENING
 BY_NAME = {check.name: check for check in CHECKS}
 INCIDENTS = tuple(dict.fromkeys(check.incident for check in CHECKS))
 
@@ -195,6 +209,12 @@ def run_checks(w: WindowCounts, baseline: Baseline | None, alpha: float | Callab
     context = Context(baseline, t, names, alpha if callable(alpha) else (lambda name: alpha))
     return [k.run(w, context) for k in running(("window",), baseline is not None, judge_classes)
             if w.kind in k.only_windows]
+
+
+def run_screening_checks(w: WindowCounts, alpha: Callable[[str], float]) -> list[CheckResult]:
+    """The screening checks on ``w`` (its ``screened`` and ``flagged`` counts)."""
+    context = Context(None, Thresholds(), (), alpha)
+    return [k.run(w, context) for k in CHECKS if k.kind == "screening" and w.kind in k.only_windows]
 
 
 def alpha_per_test(alpha_per_day: float, check_interval_s: float = 1.0) -> float:

@@ -46,6 +46,12 @@ class Windows:
     count_n: int = 200
     samples_per_class: int = 8
     n_classes: int = field(kw_only=True)  # the served model's, never a default
+    # the store's failovers the windows were rebuilt after (lost), and the count lost last read
+    _failovers_rebuilt: int = field(default=0, init=False, repr=False)
+    _failovers_now: int = field(default=0, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._failovers_rebuilt = self._failovers_now = self.state.failovers()  # none before these windows
 
     @property
     def ttl_s(self) -> int:
@@ -141,8 +147,15 @@ class Windows:
         return [json.loads(s) for s in self.state.get_list(self.samples_key(class_id))]
 
     def lost(self) -> bool:
-        """True when the state store lost the windows (a restart without persistence)."""
-        return self.state.get_value(f"signwatch:alive:{self.endpoint}") is None
+        """True when the state store lost the windows (a restart without persistence) or may have
+        lost their last counts: it failed over to a replica, which lacks what the old master had
+        not yet replicated. A recount is exact either way: an event whose token survived is not
+        counted again."""
+        alive = self.state.get_value(f"signwatch:alive:{self.endpoint}") is not None
+        self._failovers_now = self.state.failovers()  # after the read: it may have found the new master
+        return not alive or self._failovers_now != self._failovers_rebuilt
 
     def mark_alive(self) -> None:
+        """The windows are whole again (rebuilt, or new): up to the failovers seen by ``lost``."""
         self.state.set_value(f"signwatch:alive:{self.endpoint}", "1", 30 * 86_400)
+        self._failovers_rebuilt = self._failovers_now

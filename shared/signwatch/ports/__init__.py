@@ -1,23 +1,35 @@
-"""Ports and their adapters, picked by URL scheme (as faust picks its stores).
+"""Ports and their adapters, picked by URL scheme from one registry (as faust finds its stores).
 
 =========  =====================================  =====================================
 port       production                             embedded / unit tests
 =========  =====================================  =====================================
 bus        ``kafka://host:port[,host:port]``      ``memory://[name]``
-           ``[?linger_ms=N]``
-store      ``s3://bucket?endpoint=http://...``    ``file:///absolute/path`` or ``file:rel``
-state      ``redis://host:port/db``               ``memory://``
+           ``[?linger_ms=N&security_protocol=..]``
+store      ``s3://bucket?endpoint=https://...``   ``file:///absolute/path`` or ``file:rel``
+state      ``redis://[:password@]host:port/db``   ``memory://``
+           ``rediss://...`` (TLS)
+           ``redis+sentinel://h:p[,h:p]/master[/db]``
 =========  =====================================  =====================================
 
-Adapters are imported lazily so that the embedded mode needs no client libraries loaded.
+Each scheme is registered once, below, with the URL query options its adapter reads and its
+opener; an opener is named ``"module:function"`` and imported only when a URL of its scheme is
+opened, so that the embedded mode loads no client library. Everything besides the URL (passwords,
+CA files, S3 keys) comes in a :class:`~signwatch.ports.security.Credentials` built from the
+settings by the composition root: nothing below reads the environment.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlparse
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import import_module
+from typing import Any
+from urllib.parse import ParseResult, parse_qs, unquote, urlparse
 
 from signwatch.ports.bus import EventBus
+from signwatch.ports.security import (
+    KAFKA_URL_SECURITY_OPTIONS, SECRET_URL_OPTIONS, Credentials, S3Credentials, TransportSecurityError,
+)
 from signwatch.ports.state import StateStore
 from signwatch.ports.store import ObjectStore
 
@@ -26,26 +38,63 @@ class UnsupportedURL(ValueError):
     pass
 
 
-# The query options each adapter reads. Any other is refused at start: a misspelt or unsupported
-# option (``?security_protocol=SASL_SSL``) must not be silently ignored and leave a connection in
-# plaintext that its operator believes encrypted.
-URL_OPTIONS: dict[str, frozenset[str]] = {
-    "kafka": frozenset({"linger_ms"}),
-    "s3": frozenset({"endpoint", "region"}),
-    "file": frozenset(),
-    "memory": frozenset(),
-}
+PORTS = ("bus", "store", "state")
 
 
-def _query(url: str, parsed) -> dict[str, list[str]]:
-    """The URL's query options, refusing any its adapter does not read."""
-    query = parse_qs(parsed.query, keep_blank_values=True)
-    unknown = sorted(set(query) - URL_OPTIONS.get(parsed.scheme, frozenset(query)))
-    if unknown:
-        known = ", ".join(sorted(URL_OPTIONS[parsed.scheme])) or "none"
-        raise UnsupportedURL(f"{parsed.scheme}:// URL option(s) {', '.join(unknown)} not supported "
-                             f"(supported: {known}): {_redacted(url)}")
-    return query
+@dataclass(frozen=True)
+class PortURL:
+    """A port URL parsed once: what every opener receives."""
+
+    url: str
+    parsed: ParseResult
+    query: dict[str, str]  # the last value of each option
+
+    @property
+    def redacted(self) -> str:
+        return _redacted(self.url)
+
+
+Opener = Callable[[PortURL, Credentials], Any]
+
+
+@dataclass(frozen=True)
+class Scheme:
+    port: str
+    name: str
+    opener: str | Opener  # "module:function", imported at the first open (or the function itself)
+    # The query options the adapter reads. Any other is refused at start: a misspelt or unsupported
+    # option must not be silently ignored and leave a connection in plaintext that its operator
+    # believes encrypted. None: the client library's own options, passed through (redis-py's from_url).
+    options: frozenset[str] | None = frozenset()
+
+    def open(self, url: PortURL, credentials: Credentials):
+        opener = self.opener
+        if isinstance(opener, str):
+            module, _, function = opener.partition(":")
+            opener = getattr(import_module(module), function)
+        return opener(url, credentials)
+
+
+SCHEMES: dict[tuple[str, str], Scheme] = {}
+
+
+def register(port: str, scheme: str, opener: str | Opener, options: frozenset[str] | set[str] | None = ()) -> None:
+    """Serve ``scheme://`` URLs of ``port`` (bus, store, state) with ``opener(PortURL, Credentials)``."""
+    if port not in PORTS:
+        raise ValueError(f"port must be one of {PORTS}, got {port!r}")
+    SCHEMES[(port, scheme)] = Scheme(port, scheme, opener, None if options is None else frozenset(options))
+
+
+# Production schemes first: messages list them in this order.
+register("bus", "kafka", "signwatch.ports.bus_kafka:open_url", {"linger_ms"} | KAFKA_URL_SECURITY_OPTIONS)
+register("bus", "memory", "signwatch.ports.bus_memory:open_url")
+register("store", "s3", "signwatch.ports.store_s3:open_url", {"endpoint", "region"})
+register("store", "file", "signwatch.ports.store_file:open_url")
+register("state", "redis", "signwatch.ports.state_redis:open_url", None)  # redis-py's own query options
+register("state", "rediss", "signwatch.ports.state_redis:open_url", None)
+register("state", "unix", "signwatch.ports.state_redis:open_url", None)
+register("state", "redis+sentinel", "signwatch.ports.state_redis:open_sentinel_url")  # no query options
+register("state", "memory", "signwatch.ports.state_memory:open_url")
 
 
 def _redacted(url: str) -> str:
@@ -56,72 +105,70 @@ def _redacted(url: str) -> str:
     return parsed._replace(netloc=parsed.netloc.replace(f":{parsed.password}@", ":***@")).geturl()
 
 
+def parse_url(port: str, url: str) -> tuple[Scheme, PortURL]:
+    """The scheme serving ``url`` and the URL parsed, or UnsupportedURL naming what is wrong."""
+    parsed = urlparse(url)
+    scheme = SCHEMES.get((port, parsed.scheme))
+    if scheme is None:
+        known = [name for p, name in SCHEMES if p == port]
+        raise UnsupportedURL(f"{port} URL must be {' or '.join(s + '://' for s in known)}, "
+                             f"got {_redacted(url)!r}")
+    query = parse_qs(parsed.query, keep_blank_values=True)
+    if scheme.options is not None:
+        secrets = sorted(set(query) & SECRET_URL_OPTIONS)
+        if secrets:
+            raise UnsupportedURL(
+                f"{parsed.scheme}:// URL option(s) {', '.join(secrets)} would put a secret in the URL: set it "
+                f"in SIGNWATCH_ settings or their *_FILE variant instead: {_redacted(url)}")
+        unknown = sorted(set(query) - scheme.options)
+        if unknown:
+            known = ", ".join(sorted(scheme.options)) or "none"
+            raise UnsupportedURL(f"{parsed.scheme}:// URL option(s) {', '.join(unknown)} not supported "
+                                 f"(supported: {known}): {_redacted(url)}")
+    return scheme, PortURL(url, parsed, {k: v[-1] for k, v in query.items()})
+
+
+def s3_location(url: str, fallback_store_url: str | None = None) -> tuple[str, str]:
+    """(the store URL of the bucket, the key or prefix) of ``s3://bucket/key[?endpoint=URL&region=R]``;
+    without options of its own, the S3 options of ``fallback_store_url`` (the configured store: the same S3)."""
+    parsed = urlparse(url)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise UnsupportedURL(f"expected s3://bucket/key, got {_redacted(url)!r}")
+    query = parsed.query
+    if not query and fallback_store_url and urlparse(fallback_store_url).scheme == "s3":
+        query = urlparse(fallback_store_url).query
+    store_url = f"s3://{parsed.netloc}" + (f"?{query}" if query else "")
+    parse_url("store", store_url)  # only the options the store reads
+    return store_url, unquote(parsed.path).lstrip("/")
+
+
 def check_url(port: str, url: str) -> None:
     """Raise UnsupportedURL unless ``url`` names an adapter of ``port`` (bus, store, state) with only
     the options it reads: settings call this so that a bad URL stops a service at start."""
-    parsed = urlparse(url)
-    schemes = {"bus": ("kafka", "memory"), "store": ("s3", "file"), "state": ("redis", "rediss", "unix", "memory")}
-    if parsed.scheme not in schemes[port]:
-        raise UnsupportedURL(f"{port} URL must be {' or '.join(s + '://' for s in schemes[port])}, "
-                             f"got {_redacted(url)!r}")
-    _query(url, parsed)  # redis:// options are redis-py's own (from_url): not checked here
+    parse_url(port, url)
 
 
-def open_bus(url: str) -> EventBus:
-    parsed = urlparse(url)
-    if parsed.scheme == "memory":
-        from signwatch.ports.bus_memory import MemoryBus
-
-        _query(url, parsed)
-        return MemoryBus(name=(parsed.netloc + parsed.path) or "default")
-    if parsed.scheme == "kafka":
-        from signwatch.ports.bus_kafka import LINGER_MS, MAX_LINGER_MS, KafkaBus
-
-        if not parsed.netloc:
-            raise UnsupportedURL(f"kafka URL needs host:port: {url!r}")
-        query = _query(url, parsed)
-        try:
-            linger = int(query.get("linger_ms", [LINGER_MS])[0])
-        except ValueError:
-            linger = -1
-        if not 0 <= linger <= MAX_LINGER_MS:  # refused here, not at the first event (librdkafka's range)
-            raise UnsupportedURL(f"kafka URL's linger_ms must be an integer from 0 to {MAX_LINGER_MS}: {url!r}")
-        return KafkaBus(bootstrap=parsed.netloc, linger_ms=linger)
-    raise UnsupportedURL(f"bus URL must be kafka:// or memory://, got {url!r}")
+def _open(port: str, url: str, credentials: Credentials | None):
+    scheme, parsed = parse_url(port, url)
+    try:
+        return scheme.open(parsed, credentials or Credentials())
+    except TransportSecurityError as exc:
+        raise UnsupportedURL(f"{exc} ({parsed.redacted})") from None
 
 
-def open_store(url: str, access_key: str | None = None, secret_key: str | None = None,
-               region: str = "us-east-1") -> ObjectStore:
-    parsed = urlparse(url)
-    if parsed.scheme == "file":
-        from signwatch.ports.store_file import FileStore
-
-        path = unquote(parsed.netloc + parsed.path) if parsed.netloc else unquote(parsed.path)
-        if not path:
-            raise UnsupportedURL(f"file URL needs a path: {url!r}")
-        return FileStore(Path(path))
-    if parsed.scheme == "s3":
-        from signwatch.ports.store_s3 import S3Store
-
-        if not parsed.netloc:
-            raise UnsupportedURL(f"s3 URL needs a bucket: {url!r}")
-        query = _query(url, parsed)
-        endpoint = query.get("endpoint", [None])[0]
-        return S3Store(
-            bucket=parsed.netloc, endpoint=endpoint, access_key=access_key,
-            secret_key=secret_key, region=query.get("region", [region])[0],
-        )
-    raise UnsupportedURL(f"store URL must be s3:// or file://, got {url!r}")
+def open_bus(url: str, credentials: Credentials | None = None) -> EventBus:
+    return _open("bus", url, credentials)
 
 
-def open_state(url: str) -> StateStore:
-    parsed = urlparse(url)
-    if parsed.scheme == "memory":
-        from signwatch.ports.state_memory import MemoryState
+def open_store(url: str, credentials: Credentials | str | None = None, secret_key: str | None = None, *,
+               access_key: str | None = None) -> ObjectStore:
+    """``open_store(url, credentials)``; tests' shorthand ``open_store(url, access_key, secret_key)``
+    stands for S3 keys alone."""
+    if isinstance(credentials, str) or secret_key is not None or access_key is not None:
+        keys = S3Credentials(access_key=access_key or credentials, secret_key=secret_key)
+        credentials = Credentials(s3=keys)
+    return _open("store", url, credentials)
 
-        return MemoryState()
-    if parsed.scheme in ("redis", "rediss", "unix"):
-        from signwatch.ports.state_redis import RedisState
 
-        return RedisState(url)
-    raise UnsupportedURL(f"state URL must be redis:// or memory://, got {url!r}")
+def open_state(url: str, credentials: Credentials | None = None) -> StateStore:
+    return _open("state", url, credentials)

@@ -7,6 +7,11 @@ every in-sync replica and a retry never duplicates it. ``message.timeout.ms=0`` 
 until the broker is back; the caller bounds how much waits (signwatch.publishing). ``publish``
 never blocks: a full client queue raises PublishError at once. ``ping`` asks the broker now.
 
+Transport security (TLS, SASL PLAIN/SCRAM, mutual TLS) comes in a ``KafkaSecurity``, mapped to
+librdkafka's names for the producer and kafka-python's for the consumers and the admin client. A
+broker that turns the client away (wrong password, untrusted certificate) is not retried forever:
+``ensure_topics``, which every service calls at start, raises ``ServerRefused`` saying why.
+
 Consumers never auto-commit: the caller commits after its work is durable. A short session
 timeout lets a restarted consumer take its partitions back within seconds of a crash (the
 dead member is evicted when its session lapses).
@@ -26,6 +31,7 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 from signwatch.ports.bus import (
     DeliveryCallback, Headers, Message, MessageTooLarge, PublishError, encode_headers, next_offsets,
 )
+from signwatch.ports.security import KafkaSecurity, ServerRefused
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +52,17 @@ MAX_LINGER_MS = 900_000  # librdkafka's upper bound for linger.ms
 # How long ensure_topics waits for a leader per new partition, and a new consumer for its client
 # to see its topics' partitions (it subscribes anyway after that and logs a warning).
 TOPIC_READY_TIMEOUT_MS = 30_000
+# How long a secured bus waits at start to learn whether the brokers accept it: librdkafka reports
+# a refused password or certificate within a second on loopback; a down broker is not a refusal.
+ACCESS_CHECK_S = 10.0
 
 
 class KafkaConsumerAdapter:
     def __init__(self, bootstrap: str, topics: list[str], group: str,
-                 session_timeout_ms: int = SESSION_TIMEOUT_MS) -> None:
+                 session_timeout_ms: int = SESSION_TIMEOUT_MS, security: KafkaSecurity = KafkaSecurity()) -> None:
         self._consumer = KafkaConsumer(
             bootstrap_servers=bootstrap,
+            **security.kafka_python(),
             group_id=group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -148,8 +158,11 @@ class KafkaConsumerAdapter:
 
 class KafkaBus:
     def __init__(self, bootstrap: str, max_block_ms: int = 2000, queue_max_messages: int = 100_000,
-                 queue_max_kbytes: int = 128 * 1024, linger_ms: int = LINGER_MS) -> None:
+                 queue_max_kbytes: int = 128 * 1024, linger_ms: int = LINGER_MS,
+                 security: KafkaSecurity = KafkaSecurity()) -> None:
         self._bootstrap = bootstrap
+        self._security = security.checked()
+        self.refused: str | None = None  # the last reason a broker turned the producer away
         self._linger_ms = linger_ms
         self._max_block_ms = max_block_ms
         self._queue_max_messages = queue_max_messages
@@ -179,11 +192,46 @@ class KafkaBus:
                     "partitioner": "murmur2_random",  # the Java client's (and kafka-python's) mapping
                     "reconnect.backoff.max.ms": 1000,
                     "logger": log,
+                    "error_cb": self._on_error,
+                    **self._security.librdkafka(),
                 })
                 self._closing.clear()
                 self._poller = threading.Thread(target=self._poll, name="kafka-delivery", daemon=True)
                 self._poller.start()
             return self._producer
+
+    def _on_error(self, error) -> None:
+        """librdkafka's client-wide errors: an authentication or TLS failure is said once, plainly."""
+        from confluent_kafka import KafkaError as RdKafkaError
+
+        reason = refusal_reason(error.str())
+        if reason is not None:
+            if reason != self.refused:
+                log.error("kafka refused the producer: %s", reason)
+            self.refused = reason
+        elif error.code() not in (RdKafkaError._TRANSPORT, RdKafkaError._ALL_BROKERS_DOWN):
+            log.warning("kafka producer: %s", error.str())
+
+    def check_access(self, timeout_s: float = ACCESS_CHECK_S) -> None:
+        """Raise ServerRefused when the brokers turn this client away (librdkafka says why within
+        a second: a SASL or TLS failure); a broker that is merely down is left to the callers' retries."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.ping(min(1.0, max(0.1, deadline - time.monotonic()))):
+                return
+            if self.refused is not None:
+                raise ServerRefused(f"kafka at {self._bootstrap} ({self._security.protocol}): {self.refused}")
+
+    def _admin(self) -> KafkaAdminClient:
+        """An admin client, or ServerRefused when the brokers turn it away (never retried forever)."""
+        try:
+            return KafkaAdminClient(bootstrap_servers=self._bootstrap, client_id="signwatch-admin",
+                                    **self._security.kafka_python())
+        except Exception as exc:  # noqa: BLE001 - kafka-python's errors, reworded below when they are a refusal
+            reason = refusal_reason(f"{type(exc).__name__}: {exc}", self._security)
+            if reason is not None:
+                raise ServerRefused(f"kafka at {self._bootstrap} ({self._security.protocol}): {reason}") from exc
+            raise
 
     def _poll(self) -> None:
         """Serve delivery reports (they run the callbacks) until closed."""
@@ -194,11 +242,16 @@ class KafkaBus:
             producer.poll(0.1)
 
     def ensure_topics(self, topics: list[str], partitions: int) -> None:
-        admin = KafkaAdminClient(bootstrap_servers=self._bootstrap, client_id="signwatch-admin")
+        if self._security.protocol != "PLAINTEXT":
+            self.check_access()  # a wrong password or CA: said now, not after kafka-python's 30 s of retries
+        admin = self._admin()
         try:
             existing = set(admin.list_topics())
+            # replication_factor -1: the cluster's default.replication.factor (and its
+            # min.insync.replicas): three copies, two in sync on a production cluster
+            # (docs/operations.md), one on the development stack's single broker.
             missing = [
-                NewTopic(name=t, num_partitions=partitions, replication_factor=1)
+                NewTopic(name=t, num_partitions=partitions, replication_factor=-1)
                 for t in topics
                 if t not in existing
             ]
@@ -243,7 +296,7 @@ class KafkaBus:
             raise PublishError(f"{left} messages not delivered within {timeout_s}s")
 
     def consumer(self, topics: list[str], group: str) -> KafkaConsumerAdapter:
-        return KafkaConsumerAdapter(self._bootstrap, topics, group)
+        return KafkaConsumerAdapter(self._bootstrap, topics, group, security=self._security)
 
     def ping(self, timeout_s: float = 1.0) -> bool:
         """True when a broker answers a metadata request now (not from the client's cache)."""
@@ -263,3 +316,39 @@ class KafkaBus:
                 if self._poller is not None:
                     self._poller.join(2)
                 self._producer = None
+
+
+def refusal_reason(error: str, security: KafkaSecurity | None = None) -> str | None:
+    """A plain reason when ``error`` is a broker turning the client away, else None."""
+    text = error.lower()
+    if "bad certificate" in text or "certificate required" in text:
+        return f"the broker refused this client's certificate (mutual TLS: set ssl_cert_file and ssl_key_file): {error}"
+    if "certificate" in text or "ssl handshake" in text or "ssl" in text and "verify" in text:
+        return f"TLS handshake failed (a broker certificate not signed by the CA file, or a wrong host name?): {error}"
+    if "authentication" in text or "invalid credentials" in text:
+        return f"authentication failed (wrong SASL user, password or mechanism?): {error}"
+    if security is not None and security.protocol != "PLAINTEXT" and "nobrokersavailable" in text:
+        return (f"no broker completed a {security.protocol} handshake (an untrusted certificate, a wrong password, "
+                f"or a listener of another protocol?): {error}")
+    return None
+
+
+def open_url(url, credentials) -> KafkaBus:
+    """``kafka://host:port[,host:port][?linger_ms=N&security_protocol=SASL_SSL&sasl_mechanism=...]``;
+    the query's security options override the settings' (secrets never travel in the URL)."""
+    from signwatch.ports import UnsupportedURL
+
+    parsed = url.parsed
+    if not parsed.netloc:
+        raise UnsupportedURL(f"kafka URL needs host:port: {url.redacted!r}")
+    if "@" in parsed.netloc:
+        raise UnsupportedURL("kafka URL must not carry a user or password (set SIGNWATCH_KAFKA_SASL_USERNAME and "
+                             f"SIGNWATCH_KAFKA_SASL_PASSWORD or its _FILE variant): {url.redacted!r}")
+    try:
+        linger = int(url.query.get("linger_ms", LINGER_MS))
+    except ValueError:
+        linger = -1
+    if not 0 <= linger <= MAX_LINGER_MS:  # refused here, not at the first event (librdkafka's range)
+        raise UnsupportedURL(f"kafka URL's linger_ms must be an integer from 0 to {MAX_LINGER_MS}: {url.redacted!r}")
+    return KafkaBus(bootstrap=parsed.netloc, linger_ms=linger,
+                    security=credentials.kafka.with_url_options(url.query))

@@ -129,3 +129,8 @@ class MemoryBus:
 
     def close(self) -> None:
         return None
+
+
+def open_url(url, credentials) -> MemoryBus:
+    """``memory://[name]``: buses of one name in one process share their topics."""
+    return MemoryBus(name=(url.parsed.netloc + url.parsed.path) or "default")

@@ -139,6 +139,12 @@ class StateStore(Protocol):
 
     def delete(self, *keys: str) -> None: ...
 
+    def failovers(self) -> int:
+        """How often the store has moved to another server (a replica promoted) since it was
+        opened. Replication is asynchronous: the new server may lack the old one's last writes,
+        and what depends on them is rebuilt (``monitoring.windows.Windows.lost``). 0 for a store
+        that cannot fail over."""
+
     def ping(self) -> bool: ...
 
     def close(self) -> None: ...

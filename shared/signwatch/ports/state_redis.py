@@ -155,10 +155,11 @@ JOIN_CHUNK = 500
 
 
 class RedisState:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, **client_options) -> None:
+        """``client_options``: redis-py's (password, ssl_ca_certs, ...), from ``RedisSecurity``."""
         self._client = redis.Redis.from_url(
             url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5,
-            health_check_interval=30, retry_on_timeout=True,
+            health_check_interval=30, retry_on_timeout=True, **client_options,
         )
         self._apply = self._client.register_script(_APPLY_ONCE)
         self._claim = self._client.register_script(_CLAIM)
@@ -238,6 +239,9 @@ class RedisState:
         if keys:
             self._client.delete(*keys)
 
+    def failovers(self) -> int:
+        return 0  # one server: a restart without persistence is found by the data it lost
+
     def ping(self) -> bool:
         try:
             return bool(self._client.ping())
@@ -246,3 +250,112 @@ class RedisState:
 
     def close(self) -> None:
         self._client.close()
+
+
+def open_url(url, credentials) -> RedisState:
+    """``redis://``, ``rediss://`` (TLS) or ``unix://``, with the credentials' password and TLS files.
+    A server that turns the client away (wrong password, untrusted certificate) is ServerRefused now;
+    one that is down is not (the services start and wait for it)."""
+    options = credentials.redis.client_options(url.parsed.scheme)
+    check_access(url.url, url.redacted, options)
+    return RedisState(url.url, **options)
+
+
+def check_access(url: str, redacted: str, options: dict, timeout_s: float = 2.0) -> None:
+    from signwatch.ports.security import ServerRefused
+
+    client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, **options)
+    try:
+        client.ping()
+    except redis.AuthenticationError as exc:
+        raise ServerRefused(f"redis at {redacted}: authentication failed (wrong password or user?): {exc}") from None
+    except redis.ResponseError as exc:
+        if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
+            raise ServerRefused(f"redis at {redacted}: {exc} (set SIGNWATCH_REDIS_PASSWORD)") from None
+    except redis.ConnectionError as exc:
+        if "certificate" in str(exc).lower() or "ssl" in str(exc).lower():
+            raise ServerRefused(f"redis at {redacted}: TLS handshake failed (a server certificate not signed by "
+                                f"SIGNWATCH_REDIS_SSL_CA_FILE, or a wrong host name?): {exc}") from None
+    except redis.RedisError:
+        pass  # down or slow: not a refusal; readiness says so until it answers
+    finally:
+        client.close()
+
+
+# -- Redis with Sentinel: the services follow the master that Sentinel names ---------------------
+
+class SentinelRedisState(RedisState):
+    """RedisState on the master that the Sentinels name now. A connection that finds its server
+    gone or no longer master (a failover) asks the Sentinels again and reconnects to the new
+    master; the failed call raises (ConnectionError, ReadOnlyError), which the consumer loops
+    retry as they retry any outage (signwatch.consuming). Replication is asynchronous: what the
+    old master acknowledged and had not yet sent its replica is lost, and the monitor rebuilds its
+    windows from the topic when it finds them gone (monitoring.windows.lost)."""
+
+    def __init__(self, sentinels: list[tuple[str, int]], master: str, db: int = 0, **client_options) -> None:
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+        from redis.sentinel import Sentinel
+
+        # The master's connections: the same timeouts and retry as RedisState's. Each Sentinel is
+        # asked once more at most (redis-py's default, 10 times with backoff, made a readiness
+        # probe take 8 s with the Sentinels away); the next Sentinel is asked after it.
+        self._sentinel = Sentinel(sentinels, sentinel_kwargs={
+            "socket_timeout": 5, "socket_connect_timeout": 5, "retry": Retry(NoBackoff(), 1)})
+        self._client = self._sentinel.master_for(
+            master, db=db, decode_responses=True, socket_timeout=5, socket_connect_timeout=5,
+            health_check_interval=30, retry_on_timeout=True, **client_options,
+        )
+        self._apply = self._client.register_script(_APPLY_ONCE)
+        self._claim = self._client.register_script(_CLAIM)
+        self._join = self._client.register_script(_JOIN)
+        self._master: tuple[str, int] | None = None
+        self._failovers = 0
+
+    def failovers(self) -> int:
+        """Counted when the master the Sentinels name differs from the one connected before (no
+        round trip: redis-py asks the Sentinels at every new connection and keeps the answer)."""
+        pool = self._client.connection_pool
+        address = getattr(pool, "proxy", pool).master_address  # redis-py 5.1+ keeps it on a proxy
+        if address is not None and address != self._master:
+            if self._master is not None:
+                self._failovers += 1
+            self._master = address
+        return self._failovers
+
+    def close(self) -> None:
+        super().close()
+        for sentinel in self._sentinel.sentinels:
+            sentinel.close()
+
+
+def parse_sentinel_url(netloc: str, path: str) -> tuple[list[tuple[str, int]], str, int]:
+    """``host:port[,host:port...]`` and ``/master[/db]`` -> (the Sentinels, the master's name, db)."""
+    from signwatch.ports import UnsupportedURL  # here: signwatch.ports imports this module lazily
+
+    usage = "redis+sentinel://host:port[,host:port]/mastername[/db]"
+    sentinels = []
+    for part in filter(None, netloc.split(",")):
+        host, _, port = part.rpartition(":")
+        if not host or not port.isdigit():
+            raise UnsupportedURL(f"{usage}: {part!r} is not host:port")
+        sentinels.append((host.strip("[]"), int(port)))
+    parts = [p for p in path.split("/") if p]
+    if not sentinels or not 1 <= len(parts) <= 2 or (len(parts) == 2 and not parts[1].isdigit()):
+        raise UnsupportedURL(f"expected {usage}, got netloc {netloc!r} and path {path!r}")
+    return sentinels, parts[0], int(parts[1]) if len(parts) == 2 else 0
+
+
+def open_sentinel_url(url, credentials) -> SentinelRedisState:
+    """``redis+sentinel://host:port[,host:port]/mastername[/db]``: the password (settings) is the
+    master's and its replicas'; a password in the URL (``:password@``) wins, as in redis://."""
+    from urllib.parse import unquote
+
+    netloc = url.parsed.netloc
+    options = credentials.redis.client_options(url.parsed.scheme)
+    if "@" in netloc:
+        userinfo, _, netloc = netloc.rpartition("@")
+        user, _, password = userinfo.partition(":")
+        options |= {k: unquote(v) for k, v in (("username", user), ("password", password)) if v}
+    sentinels, master, db = parse_sentinel_url(netloc, url.parsed.path)
+    return SentinelRedisState(sentinels, master, db, **options)

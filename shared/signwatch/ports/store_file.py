@@ -37,6 +37,13 @@ class FileStore:
         except (FileNotFoundError, IsADirectoryError) as exc:
             raise ObjectNotFound(key) from exc
 
+    def open(self, key: str):
+        """The object as a binary file to read in pieces (a capture file need not fit in memory)."""
+        try:
+            return self._path(key).open("rb")
+        except (FileNotFoundError, IsADirectoryError) as exc:
+            raise ObjectNotFound(key) from exc
+
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
@@ -57,3 +64,16 @@ class FileStore:
 
     def ping(self) -> bool:
         return self.root.is_dir() and os.access(self.root, os.W_OK)
+
+
+def open_url(url, credentials) -> FileStore:
+    """``file:///absolute/path`` or ``file:relative``."""
+    from urllib.parse import unquote
+
+    parsed = url.parsed
+    path = unquote(parsed.netloc + parsed.path) if parsed.netloc else unquote(parsed.path)
+    if not path:
+        from signwatch.ports import UnsupportedURL
+
+        raise UnsupportedURL(f"file URL needs a path: {url.url!r}")
+    return FileStore(Path(path))

@@ -1,7 +1,8 @@
 """S3 adapter (boto3), for AWS or any S3-compatible server such as SeaweedFS.
 
 Credentials come from the settings (``SIGNWATCH_S3_ACCESS_KEY``/``_SECRET_KEY``) or boto3's own
-chain (environment, profile, instance role); none are ever written to the repository.
+chain (environment, profile, instance role); none are ever written to the repository. An https
+endpoint whose certificate a private CA signed is trusted through ``SIGNWATCH_S3_CA_BUNDLE``.
 """
 
 from __future__ import annotations
@@ -22,14 +23,17 @@ class S3Store:
         secret_key: str | None = None,
         region: str = "us-east-1",
         create_bucket: bool = True,
+        ca_bundle: str | None = None,
     ) -> None:
         self.bucket = bucket
+        verify = ca_bundle or None  # None: boto3's own CA bundle (https) or nothing to verify (http)
         self._client = boto3.client(
             "s3",
             endpoint_url=endpoint,
             aws_access_key_id=access_key,
             aws_secret_access_key=secret_key,
             region_name=region,
+            verify=verify,
             config=Config(
                 s3={"addressing_style": "path"},
                 retries={"max_attempts": 5, "mode": "standard"},
@@ -41,7 +45,7 @@ class S3Store:
         # S3 answers "not ready" within about two seconds instead of after the data client's retries).
         self._probe = boto3.client(
             "s3", endpoint_url=endpoint, aws_access_key_id=access_key, aws_secret_access_key=secret_key,
-            region_name=region,
+            region_name=region, verify=verify,
             config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1, "mode": "standard"},
                           connect_timeout=1, read_timeout=1),
         )
@@ -74,6 +78,15 @@ class S3Store:
     def get(self, key: str) -> bytes:
         try:
             return self._client.get_object(Bucket=self.bucket, Key=check_key(key))["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise ObjectNotFound(key) from exc
+            raise
+
+    def open(self, key: str):
+        """The object's body as a binary stream (``read(n)``, ``close()``): read in pieces, never whole."""
+        try:
+            return self._client.get_object(Bucket=self.bucket, Key=check_key(key))["Body"]
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 raise ObjectNotFound(key) from exc
@@ -118,3 +131,15 @@ class S3Store:
             return True
         except (ClientError, BotoCoreError):
             return False
+
+
+def open_url(url, credentials, create_bucket: bool = True) -> S3Store:
+    """``s3://bucket[?endpoint=https://host:port&region=...]`` with the credentials' keys and CA bundle."""
+    if not url.parsed.netloc:
+        from signwatch.ports import UnsupportedURL
+
+        raise UnsupportedURL(f"s3 URL needs a bucket: {url.redacted!r}")
+    s3 = credentials.s3.checked()
+    return S3Store(bucket=url.parsed.netloc, endpoint=url.query.get("endpoint") or None, access_key=s3.access_key,
+                   secret_key=s3.secret_key, region=url.query.get("region", s3.region),
+                   create_bucket=create_bucket, ca_bundle=s3.ca_bundle)
