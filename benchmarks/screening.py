@@ -179,9 +179,12 @@ def run(args) -> dict:
     out["attack_seconds"] = timings
     out["cost"] = cost_ratio(model, spec, clean[:64])
     out["cost_ratio"] = out["cost"]["ratio"]
-    # TODO(issue 20, integration): the requests until the monitor's share-flagged check fires at
-    # 10% and 25% attacked traffic; the check does not exist yet.
-    out["requests_to_detect"] = {"0.1": None, "0.25": None}
+    # the requests until the monitor's adversarial_share check fires at 10% and 25% attacked traffic
+    # after an hour of clean history (benchmarks/screening_share.py: simulated streams through the
+    # real Monitor, scores drawn from the shipped model's measured ones per condition)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from screening_share import run as share_run
+    out["requests_to_detect"] = share_run(trials=10, days=0)["requests_to_detect"]
     return out
 
 

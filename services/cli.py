@@ -82,12 +82,13 @@ def serve(
     configure_logging()
     settings = load_settings(host=host, port=port)
     from signwatch.ports.security import ServerRefused
+    from signwatch.serving.screening import ScreeningUnavailable
 
     open_ports_or_fail(settings).close()  # a bad URL is a one-line error, not a traceback
     try:
         run(service.value, settings)
-    except ServerRefused as exc:  # a wrong password or CA: retrying would not help
-        raise fail(str(exc))
+    except (ServerRefused, ScreeningUnavailable) as exc:  # a wrong password or CA, no calibration: retrying
+        raise fail(str(exc))                              # would not help
 
 
 @app.command()

@@ -1,5 +1,7 @@
 """``GET /dashboard``: the live page; ``GET /dashboard/data``: the JSON it polls;
 ``GET /dashboard/panel?key=...``: a saliency panel from the object store (explanations only);
+``GET /dashboard/flagged``: the newest flagged requests (``?limit=``, up to the list's cap);
+``GET /dashboard/flagged/image?key=...``: one image of a flagged request's triptych (that prefix only);
 ``GET /dashboard/violations/{violation_id}/``: one violation's explanation, the ``index.html`` the
 explainer wrote beside its panels (which it names relatively: ``.../{violation_id}/{event}.png``).
 Alerts link it (``signwatch_violation_open``'s ``explanation_url``; docs/operations.md, Alerts)."""
@@ -46,6 +48,22 @@ def dashboard_router(reader: DashboardReader) -> APIRouter:
             return error(404, "not_found", "no such panel")
         return Response(body, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
+    @router.get("/dashboard/flagged")
+    async def flagged(limit: int = Query(50, ge=1, le=5000)) -> JSONResponse:
+        entries, listed = await run_in_threadpool(reader.flagged, limit)
+        return JSONResponse({"endpoint": reader.endpoint, "flagged": entries, "listed": listed},
+                            headers={"Cache-Control": "no-store"})
+
+    @router.get("/dashboard/flagged/image")  # 404 for every key it does not serve, whatever the reason
+    async def flagged_image(key: str = Query(...)) -> Response:
+        if not reader.owns_flagged(key):
+            return error(404, "not_found", "only the images of flagged requests can be shown")
+        try:
+            body = await run_in_threadpool(reader.store.get, key)
+        except (ObjectNotFound, KeyError, ValueError):  # pushed off the list, or never drawn
+            return error(404, "not_found", "no such image")
+        return Response(body, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+
     @router.get("/dashboard/violations/{violation_id}/", response_class=HTMLResponse)
     async def explanation(violation_id: str) -> Response:
         if not VIOLATION_ID.match(violation_id):
@@ -84,4 +102,5 @@ def explainer_dashboard(settings, ports, spec) -> DashboardReader:
                        reload_s=30.0)
     return DashboardReader(state=ports.state, store=ports.store, endpoint=settings.endpoint,
                            explanations_prefix=settings.explanations_prefix,
-                           class_names=spec.class_names, model_version=spec.version, model_facts=facts)
+                           class_names=spec.class_names, model_version=spec.version, model_facts=facts,
+                           flagged_prefix=settings.screening_flagged_prefix)

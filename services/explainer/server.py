@@ -70,4 +70,4 @@ def build_screening_loop(settings: Settings, ports: Ports, explainer: Explainer,
     model the explainer explains with; None when ``screening_enabled`` is off."""
     from signwatch_services.explainer.screening import build_screening_loop as build
 
-    return build(settings, ports.bus, ports.store, explainer.model, explainer.spec, registry)
+    return build(settings, ports.bus, ports.store, explainer.model, explainer.spec, registry, state=ports.state)

@@ -112,9 +112,14 @@ def _document_schemas(app: FastAPI) -> None:
         schemas = spec.setdefault("components", {}).setdefault("schemas", {})
         prediction = {"type": "object", "required": ["class_id", "label", "probability"], "properties": {
             "class_id": {"type": "integer"}, "label": {"type": "string"}, "probability": {"type": "number"}}}
+        screened = " (SIGNWATCH_SCREENING_IN_INFERENCE on only; one per image for a batch)"
         schemas["Predictions"] = {"type": "object", "required": ["predictions", "model_version"], "properties": {
             "predictions": {"type": "array", "items": {"anyOf": [prediction, {"type": "array", "items": prediction}]}},
-            "model_version": {"type": "string"}}}
+            "model_version": {"type": "string"},
+            "adversarial_score": {"anyOf": [{"type": "number"}, {"type": "array", "items": {"type": "number"}}],
+                                  "description": "the image's adversarial score" + screened},
+            "flagged": {"anyOf": [{"type": "boolean"}, {"type": "array", "items": {"type": "boolean"}}],
+                        "description": "adversarial_score above the calibration's threshold" + screened}}}
         schemas["Error"] = {"type": "object", "required": ["error"], "properties": {"error": {
             "type": "object", "required": ["code", "message"],
             "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}}

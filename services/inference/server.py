@@ -18,6 +18,7 @@ from signwatch.model.remote import resolve_model_path
 from signwatch.publishing import EventPublisher
 from signwatch.runtime import Ports, open_ports
 from signwatch.serving import InferenceService
+from signwatch.serving.screening import InlineScreening
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,24 @@ def served_top_k(top_k: int, num_classes: int) -> int:
     return top_k
 
 
+def in_inference_screening(settings: Settings, ports: Ports, classifier: Classifier,
+                           registry: CollectorRegistry) -> InlineScreening | None:
+    """Screening in the inference batch when ``screening_in_inference`` is on, with the calibration
+    the explainer would find (``baselines/{endpoint}/screening.json``, else the shipped one when it
+    fits the served model); none: ``ScreeningUnavailable``, and the service does not start."""
+    if not settings.screening_in_inference:
+        return None
+    from signwatch.monitoring.baseline import store_prefix
+
+    prefix = settings.monitor_baseline_prefix or store_prefix(settings.endpoint)
+    screening = InlineScreening.for_model(classifier, ports.store, prefix, registry)
+    log.info("screening every image in the inference batch (SIGNWATCH_SCREENING_IN_INFERENCE): %s over %s, "
+             "threshold %.4g for %.3g false positives, calibration %s", screening.calibration.signal,
+             ",".join(screening.calibration.squeezers), screening.calibration.threshold,
+             screening.calibration.fpr, screening.stored.where)
+    return screening
+
+
 def build_core(settings: Settings, ports: Ports | None = None) -> InferenceCore:
     ports = ports or open_ports(settings)
     ports.bus.ensure_topics([settings.inference_topic], settings.topic_partitions)
@@ -72,7 +91,8 @@ def build_core(settings: Settings, ports: Ports | None = None) -> InferenceCore:
         bus=ports.bus, store=ports.store, topic=settings.inference_topic, registry=registry,
         max_events=settings.event_buffer_events, max_bytes=settings.event_buffer_bytes,
     ) if settings.publish_events else None
-    service = InferenceService(settings, classifier, publisher, registry)
+    screening = in_inference_screening(settings, ports, classifier, registry)
+    service = InferenceService(settings, classifier, publisher, registry, screening)
     core = InferenceCore(settings, ports, classifier, service.batcher, publisher, registry, service)
     core.debugger = debugger
     return core

@@ -37,7 +37,8 @@ V2_ERRORS = {status: {"description": what, "content": {"application/json": {"sch
                                   (413, "body, image or image count over its limit"),
                                   (429, "the model's queue is full: retry"), (503, "the model is not serving"))}
 INFER_OK = {200: {"description": "probabilities (FP32 [N, classes]) and class_ids (INT64 [N, k], best first); "
-                                 "binary outputs follow the JSON (application/octet-stream)",
+                                 "with in-inference screening on, adversarial_score (FP32 [N]) and flagged "
+                                 "(BOOL [N]) too; binary outputs follow the JSON (application/octet-stream)",
                   "content": {"application/json": {"schema": _ref("V2InferResponse")},
                               "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
 NOT_FOUND = {404: V2_ERRORS[404]}
@@ -61,7 +62,8 @@ def v2_router(core) -> APIRouter:
 
     def metadata(name: str, version: str | None) -> JSONResponse:
         return found(name, version) or JSONResponse(v2.model_metadata(
-            settings.endpoint, service.model_version, core.spec.num_classes, core.classifier.top_k))
+            settings.endpoint, service.model_version, core.spec.num_classes, core.classifier.top_k,
+            screened=service.screening is not None))
 
     async def model_ready(name: str, version: str | None) -> JSONResponse:
         if (missing := found(name, version)) is not None:
@@ -131,7 +133,10 @@ def v2_schemas() -> dict:
         "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
         "parameters": parameters, "data": data}}
     requested = {"type": "object", "required": ["name"], "properties": {
-        "name": {"type": "string", "enum": list(v2.OUTPUTS)}, "parameters": parameters}}
+        "name": {"type": "string", "enum": list(v2.OUTPUTS + v2.SCREENING_OUTPUTS),
+                 "description": f"{', '.join(v2.SCREENING_OUTPUTS)}: only where the service screens in its batch "
+                                "(SIGNWATCH_SCREENING_IN_INFERENCE; the model metadata then declares them)"},
+        "parameters": parameters}}
     return {
         "V2InferRequest": {"type": "object", "required": ["inputs"], "properties": {
             "id": {"type": "string", "maxLength": 64}, "parameters": parameters,

@@ -153,6 +153,12 @@ class Settings(BaseSettings):
         1.0, gt=0, description="a body still arriving after this long is a slow upload")
     max_slow_uploads: int = Field(
         16, ge=0, description="slow uploads read at once; one more is cut off with 408 (fast bodies never wait)")
+    screening_in_inference: bool = Field(
+        False, description="screen every image inside the inference batch (one forward of the batch and its "
+        "squeezed copies): each answer gains adversarial_score and flagged, and its event the screening (v4). "
+        "Needs the screening calibration for the served model (baselines/{endpoint}/screening.json, else the "
+        "shipped one when it fits): without one the service refuses to start. Off: the explainer screens "
+        "events off the serving path (screening_enabled), at no cost to inference")
     publish_events: bool = Field(True, description="False: serve without publishing (capture off)")
     event_buffer_events: int = Field(20_000, ge=1, description="events waiting for the bus, at most")
     event_buffer_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="bytes of those, at most")
@@ -266,6 +272,16 @@ class Settings(BaseSettings):
     screening_batch_size: int = Field(64, ge=1, le=1024, description="inference events screened in one forward")
     screening_group: str = Field("signwatch-explainer-screening",
                                  description="the explainer's screening loop's consumer group")
+    screening_explain_max_per_minute: int = Field(
+        30, ge=0, le=6000, description="flagged requests a screening replica draws the triptych of (input, squeezed "
+        "copy, difference, FullGrad maps of both: one saliency forward/backward per batch) in any minute; the rest "
+        "are listed on the dashboard without images; 0: list only")
+    screening_flagged_max: int = Field(
+        200, ge=1, le=5000, description="flagged requests the dashboard's list keeps per endpoint (newest first, in "
+        "the state store, ~1 KB each); the triptych objects of an entry pushed off the list are deleted")
+    screening_flagged_prefix: str = Field(
+        "screening", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="store prefix of the flagged requests' triptychs: {prefix}/{endpoint}/yyyy/mm/dd/{event_id}/")
     explain_max_pending: int = Field(
         2, ge=1, description="POST /explain calls admitted at once (running or waiting); more are answered 429")
     explainer_port: int = Field(8081, ge=0, le=65535, description="explainer HTTP: /explain, health")

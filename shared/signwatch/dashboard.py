@@ -15,6 +15,10 @@ history of them (``quality_history``: a point whenever they change, else one eve
 ``MAX_QUALITY_HISTORY`` at most) for the page's chart; it grows while the page is polled and
 starts again when the process does.
 
+Flagged requests (issue 20): the screening loop's bounded newest-first list in the state store
+(``signwatch.flagged``), the newest ``max_flagged`` of it, each with the keys of its triptych
+under ``{flagged_prefix}/{endpoint}/`` (served by ``owns_flagged`` keys only).
+
 Labels and version are the served model's: ``model_facts`` (``signwatch.model.published.ModelFacts``,
 the manifest the inference service published, re-read every 30 s) when it knows them, else the
 ``class_names`` and ``model_version`` the reader was built with.
@@ -27,7 +31,10 @@ import logging
 import threading
 import time
 from collections import OrderedDict, deque
+from dataclasses import asdict
 from datetime import datetime, timezone
+
+from signwatch.flagged import read_entries
 
 from signwatch.ports.state import StateStore
 from signwatch.ports.store import ObjectStore, check_key
@@ -185,9 +192,12 @@ def violation_summary(report: dict, report_key: str, time_: str | None) -> dict:
 class DashboardReader:
     def __init__(self, state: StateStore, store: ObjectStore, endpoint: str, explanations_prefix: str,
                  class_names: tuple[str, ...] = (), model_version: str | None = None,
-                 max_violations: int = 6, list_every_s: float = 1.0, model_facts=None) -> None:
+                 max_violations: int = 6, list_every_s: float = 1.0, model_facts=None,
+                 flagged_prefix: str = "screening", max_flagged: int = 12) -> None:
         self.state, self.store, self.endpoint = state, store, endpoint
         self.prefix = explanations_prefix.rstrip("/")
+        self.flagged_prefix = f"{flagged_prefix.rstrip('/')}/{endpoint}/"
+        self.max_flagged = max_flagged
         self.class_names, self.model_version = class_names, model_version
         self.model_facts = model_facts  # has poll() -> ModelSpec | None
         self._facts_lock = threading.Lock()
@@ -207,6 +217,26 @@ class DashboardReader:
             return False
         return (len(key) <= MAX_PANEL_KEY and key.startswith(self.prefix + "/") and key.endswith(".png")
                 and ".." not in key)
+
+    def owns_flagged(self, key: str) -> bool:
+        """Only a flagged request's images of this endpoint (``{flagged_prefix}/{endpoint}/.../*.png``),
+        by their one spelling, as ``owns`` for panels."""
+        try:
+            check_key(key)
+        except ValueError:
+            return False
+        return (len(key) <= MAX_PANEL_KEY and key.startswith(self.flagged_prefix) and key.endswith(".png")
+                and ".." not in key)
+
+    def flagged(self, limit: int | None = None) -> tuple[list[dict], int]:
+        """The newest ``limit`` flagged requests (default ``max_flagged``) and how many are listed."""
+        try:
+            entries = read_entries(self.state, self.endpoint)
+        except Exception as exc:  # noqa: BLE001 - the state store away: the page shows the rest
+            log.warning("flagged requests of %s unreadable: %s", self.endpoint, exc)
+            return [], 0
+        limit = self.max_flagged if limit is None else limit
+        return [asdict(e) for e in entries[:limit]], len(entries)
 
     def _violations(self) -> list[dict]:
         now = time.monotonic()
@@ -255,6 +285,7 @@ class DashboardReader:
         snapshot = summarize_snapshot(_read_snapshot(self.state, self.endpoint), class_names)
         self.quality_history.add(snapshot["time"], snapshot["quality"], time.monotonic())
         violations = self._violations()
+        flagged, flagged_listed = self.flagged()
         return {
             "endpoint": self.endpoint,
             "generated_at": datetime.now(timezone.utc).isoformat(),
@@ -262,6 +293,8 @@ class DashboardReader:
             "served_model": {"version": version, "num_classes": len(class_names) or None},
             "monitor": snapshot,
             "violations": violations,
+            "flagged": flagged,
+            "flagged_listed": flagged_listed,
             "quality_history": self.quality_history.points(),
             "read_ms": round((time.perf_counter() - started) * 1000, 1),
         }

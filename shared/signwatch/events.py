@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from typing import Annotated, Literal
 
 import orjson
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 
 # Bounds of an event's parts. The producer stays far inside them; what lies outside is poison.
@@ -103,12 +103,20 @@ class Prediction(BaseModel):
 
 
 class InferenceOutput(BaseModel):
-    """The response body returned to the client: the top-k classes, each once."""
+    """The response body returned to the client: the top-k classes, each once; with in-inference
+    screening on (``Settings.screening_in_inference``), the image's adversarial score and whether
+    it crossed the threshold too. Without them the JSON is what it always was: the two keys are
+    written only when set, so an answer (and an event) from a service with screening off is
+    byte for byte the one before they existed."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     predictions: list[Prediction] = Field(min_length=1, max_length=MAX_PREDICTIONS)
     model_version: Text
+    adversarial_score: float | None = Field(
+        None, allow_inf_nan=False, description="the image's adversarial score (signwatch.screening), when the "
+        "inference service screens in its batch")
+    flagged: bool | None = Field(None, description="adversarial_score above the calibration's threshold")
 
     @field_validator("predictions")
     @classmethod
@@ -116,6 +124,14 @@ class InferenceOutput(BaseModel):
         if len({p.class_id for p in predictions}) != len(predictions):
             raise ValueError("a class id appears twice in one answer")
         return predictions
+
+    @model_serializer(mode="wrap")
+    def _unset_scores_unwritten(self, handler):
+        data = handler(self)
+        for key in ("adversarial_score", "flagged"):
+            if data.get(key, 0) is None:
+                del data[key]
+        return data
 
 
 class ResponsePayload(BaseModel):
@@ -128,16 +144,36 @@ class ResponsePayload(BaseModel):
 
 
 INFERENCE_SCHEMA = "signwatch.inference/v3"
+# Written only by a service that screens in its batch (the event then carries ``screening``): a
+# service with screening off (the default) keeps writing v3, which consumers from before v4 read.
+INFERENCE_SCHEMA_SCREENED = "signwatch.inference/v4"
+
+
+class InferenceScreening(BaseModel):
+    """How the inference service screened the image in its batch (v4): what the explainer's
+    ``ScreeningEvent`` says of an event it screens, so that one can be built from this alone."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    score: float = Field(allow_inf_nan=False, description="adversarial score: 0 at the clean reference's "
+                         "median, 1 at its 99th percentile (per squeezer, the largest)")
+    flagged: bool = Field(description="score above threshold: reads as an attack")
+    threshold: float = Field(allow_inf_nan=False)
+    fpr: Probability = Field(description="the false positive rate on clean reference images the threshold was "
+                             "chosen for")
+    squeezer: Text = Field(description="the squeezed copy that moved the answer most (shift:1, down:2, ...)")
+    signal: Text = Field(description="what is measured under each squeezer: margin_drop or softmax_l1")
+    calibration_id: Text | None = Field(None, description="the calibration's store key or file it came from")
 
 
 class InferenceEvent(_Event):
     """One image's inference. v2 adds ``custom_attributes``, ``response`` and the input's
-    ``observed_content_type``; v3 adds ``image_hash``; all optional, so older events still parse
-    (and are read as what they are)."""
+    ``observed_content_type``; v3 adds ``image_hash``; v4 adds ``screening`` (and the output's
+    ``adversarial_score`` and ``flagged``), written only when the service screens in its batch;
+    all optional, so older events still parse (and are read as what they are)."""
 
-    schema_: Literal["signwatch.inference/v1", "signwatch.inference/v2", "signwatch.inference/v3"] = Field(
-        INFERENCE_SCHEMA, alias="schema", serialization_alias="schema"
-    )
+    schema_: Literal["signwatch.inference/v1", "signwatch.inference/v2", "signwatch.inference/v3",
+                     "signwatch.inference/v4"] = Field(INFERENCE_SCHEMA, alias="schema", serialization_alias="schema")
     event_id: Name = Field(default_factory=new_id)
     inference_id: str | None = Field(None, max_length=64)
     custom_attributes: str | None = Field(None, max_length=1024)
@@ -152,17 +188,36 @@ class InferenceEvent(_Event):
     image_hash: ImageHash | None = Field(
         None, description="64-bit perceptual hash (pHash) of the decoded image, as 16 hex digits: near-duplicate "
                           "frames of one object are close in Hamming distance (the monitor counts them once)")
+    screening: InferenceScreening | None = Field(
+        None, description="the adversarial score the inference service took in its batch (v4; "
+        "Settings.screening_in_inference): the explainer need not screen the event again")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _screened_is_v4(cls, data):
+        """An event built with ``screening`` and no schema is a v4 one; an older schema never had it."""
+        if isinstance(data, dict) and data.get("screening") is not None \
+                and data.get("schema", data.get("schema_")) is None:
+            data = {**data, "schema": INFERENCE_SCHEMA_SCREENED}
+        return data
+
+    @model_validator(mode="after")
+    def _screening_needs_v4(self) -> "InferenceEvent":
+        if self.screening is not None and self.schema_ != INFERENCE_SCHEMA_SCREENED:
+            raise ValueError(f"'screening' is a field of {INFERENCE_SCHEMA_SCREENED}, not of {self.schema_}")
+        return self
+
     def to_bytes(self) -> bytes:
-        return self.model_dump_json(by_alias=True).encode()
+        # no "screening": null in an event that has none: a consumer from before v4 forbids the key
+        return self.model_dump_json(by_alias=True, exclude={"screening"} if self.screening is None else None).encode()
 
 
 def encode_inference_event(*, event_id: str, time: datetime, endpoint: str, variant: str, model_version: str,
                            input: InputPayload, output_json: str, response_type: str, latency_ms: float,
                            inference_id: str | None = None, custom_attributes: str | None = None,
-                           image_hash: str | None = None) -> bytes:
+                           image_hash: str | None = None, screening: InferenceScreening | None = None) -> bytes:
     """The bytes of an ``InferenceEvent`` built from parts the serving core already holds: the
     output as the response's JSON text (it is the same object), without building the model.
 
@@ -170,13 +225,17 @@ def encode_inference_event(*, event_id: str, time: datetime, endpoint: str, vari
     for building and dumping the model (23 + 16 us in the loaded server); the model's validation
     is kept by the parts (``input`` is a model, the output text was dumped from one) and by
     tests/unit/test_events.py, which checks that these bytes parse to the model built field by field.
+    With ``screening`` the event is a v4 one; without, v3 with no ``screening`` key (what every
+    consumer from before v4 reads).
     """
+    extra = {} if screening is None else {"screening": screening.model_dump()}
     return orjson.dumps({
-        "schema": INFERENCE_SCHEMA, "event_id": event_id, "inference_id": inference_id,
+        "schema": INFERENCE_SCHEMA if screening is None else INFERENCE_SCHEMA_SCREENED,
+        "event_id": event_id, "inference_id": inference_id,
         "custom_attributes": custom_attributes, "time": time, "endpoint": endpoint, "variant": variant,
         "model_version": model_version, "input": input.model_dump(), "output": orjson.Fragment(output_json),
         "response": {"content_type": response_type, "data": output_json}, "latency_ms": latency_ms,
-        "image_hash": image_hash,
+        "image_hash": image_hash, **extra,
     }, option=orjson.OPT_UTC_Z)
 
 

@@ -1,7 +1,8 @@
 """Issue 20 on the real Kafka, Redis and S3: requests to the inference service (clean, snowy and
 attacked into Stop, mixed), screened by the explainer's screening loop with the shipped model's
 calibration; every attacked request that reads Stop is flagged on ``signwatch.screening``, hardly
-any clean or snowy one, and the monitor's ``adversarial_share`` check raises one violation."""
+any clean or snowy one, the monitor's ``adversarial_share`` check raises one violation, and the
+dashboard lists every flagged request, newest first, with its five images fetchable."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def _settings(stack, name: str) -> Settings:
         screening_topic=f"{name}.screening", baselines_topic=f"{name}.baselines",
         ground_truth_topic=f"{name}.ground-truth", endpoint=name, topic_partitions=3, monitor_group=name,
         screening_group=f"{name}-explainer-screening", monitor_ground_truth=False, monitor_learn_baseline_seconds=0,
-        capture_flush_seconds=1.0)
+        capture_flush_seconds=1.0, screening_explain_max_per_minute=1000)  # every flagged request drawn
 
 
 def _read_screening(bootstrap: str, topic: str) -> list[ScreeningEvent]:
@@ -125,3 +126,31 @@ def test_attacked_requests_are_flagged_on_the_topic_and_the_share_check_raises_o
     [violation] = share_violations()
     assert violation.checks == ["adversarial_share"] and violation.count >= 10  # it fires once significant
     assert time.monotonic() - started < 60
+    _the_dashboard_lists_them(s, spec, {i for i in kind_of if screened[i].flagged})
+
+
+def _the_dashboard_lists_them(s: Settings, spec, flagged: set[str]) -> None:
+    """The explainer's page: every flagged request (the list is read from Redis, the images from S3)."""
+    from fastapi import FastAPI
+
+    from signwatch_services.explainer.dashboard import dashboard_router, explainer_dashboard
+
+    ports = open_ports(s)
+    try:
+        app = FastAPI()
+        app.include_router(dashboard_router(explainer_dashboard(s, ports, spec)))
+        client = TestClient(app)
+        data = client.get("/dashboard/data").json()
+        listed = client.get("/dashboard/flagged", params={"limit": 1000}).json()["flagged"]
+        assert data["flagged_listed"] == len(flagged) and {f["event_id"] for f in listed} == flagged
+        assert [f["event_id"] for f in data["flagged"]] == [f["event_id"] for f in listed[:len(data["flagged"])]]
+        times = [f["time"] for f in listed]
+        assert times == sorted(times, reverse=True), "newest first"
+        for f in listed:
+            assert f["missing"] is None and f["score"] > f["threshold"]
+            assert set(f["images"]) == {"input", "squeezed", "difference", "input_fullgrad", "squeezed_fullgrad"}
+            for key in f["images"].values():
+                r = client.get("/dashboard/flagged/image", params={"key": key})
+                assert r.status_code == 200 and r.content[:8] == b"\x89PNG\r\n\x1a\n", key
+    finally:
+        ports.close()

@@ -249,3 +249,26 @@ def test_screening_alone_with_no_predictions_is_judged(tmp_path):
     clock.t += 2
     [v] = monitor.tick()
     assert v.check_name == "adversarial_share" and v.count == 40
+
+
+def test_events_screened_in_inference_are_published_as_scored_with_no_forward(tmp_path, shipped, monkeypatch):
+    from signwatch.events import INFERENCE_SCHEMA_SCREENED, InferenceScreening
+
+    loop, bus, _, registry_, spec = _loop(tmp_path, shipped, screening_sample_rate=0.0)  # sampling skips none of these
+    forwards = []
+    original = loop.handler.screener.screen
+    monkeypatch.setattr(loop.handler.screener, "screen", lambda *a, **k: forwards.append(1) or original(*a, **k))
+    events = [e.model_copy(update={"schema_": INFERENCE_SCHEMA_SCREENED, "screening": InferenceScreening(
+        score=0.3 + i, flagged=False, threshold=1.2, fpr=0.01, squeezer="shift:1", signal="margin_drop")})
+        for i, e in enumerate(_rendered_events(spec, 3))]
+    for e in events:
+        bus.publish("signwatch.inference", e.event_id, e.to_bytes())
+    while loop.run_once():
+        pass
+    loop._commit()
+    scores = {s.event_id: s for s in (ScreeningEvent.model_validate_json(v) for v in _drain(bus, "signwatch.screening"))}
+    assert set(scores) == {e.event_id for e in events} and not forwards
+    for e in events:
+        assert (scores[e.event_id].score, scores[e.event_id].predicted_class) == (
+            e.screening.score, e.output.predictions[0].class_id)
+    assert _events_counted(registry_, "screened_in_inference") == 3 and _events_counted(registry_, "screened") == 0

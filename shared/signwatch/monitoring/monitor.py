@@ -51,6 +51,8 @@ from signwatch.monitoring.learning import LearnedOutbox, Learning
 from signwatch.monitoring.model_quality import QualityConstraints
 from signwatch.monitoring.registry import CHECKS, INCIDENTS, run_checks, run_screening_checks
 from signwatch.monitoring.screening_counts import ScreeningCounts, ScreeningWindows
+from signwatch.monitoring.screening_sequential import SEQUENTIAL_PART as SCREENING_SEQUENTIAL_PART
+from signwatch.monitoring.screening_sequential import ScreeningDetector
 from signwatch.monitoring.sequential import SequentialChecks
 from signwatch.monitoring.sequential import state_key as sequential_key
 from signwatch.monitoring.tracks import Tracks
@@ -200,6 +202,9 @@ class Monitor:
         # (another thread), which sets ``screening_changed``: the next tick judges them.
         self.screening = ScreeningWindows(state, config.endpoint, config.window_s, config.bucket_s, config.count_n)
         self.screening_changed = False
+        # ... and the check's sequential view of them (screening_sequential.py), per process
+        share = registry.shares(self._kinds).get("adversarial_share", 0.0) * SCREENING_SEQUENTIAL_PART
+        self.screening_detector = ScreeningDetector(self.thresholds.alpha_per_day, share) if share else None
         self.windows.mark_alive()
 
     @property
@@ -452,6 +457,8 @@ class Monitor:
             results += [r for r in self.sequential.results() if registry.get(r.name).runs(True, judge)]
         # Only where the explainer screens: an endpoint without screening shows no such check.
         results += [r for w in windows if w.screened for r in run_screening_checks(w, self.alpha)]
+        if self.screening_detector is not None and self.screening_detector.seen:
+            results.append(self.screening_detector.result(now))
         quality_results, mistaken = self._judge_quality(labelled)
         results += quality_results
         self.last = Evaluation(now, windows, results, estimated_accuracy(windows[0], self.baseline), self.quality)
@@ -489,7 +496,12 @@ class Monitor:
         another thread (the screening loop's): new counts make the next tick judge them. Returns
         how many were new."""
         mine = [e for e in events if e.endpoint == self.config.endpoint]
-        new = sum(self.screening.record_many(mine))
+        fresh = self.screening.record_many(mine)
+        if self.screening_detector is not None:
+            for e, first in zip(mine, fresh):
+                if first:  # a replay adds no evidence
+                    self.screening_detector.update(e.score, e.threshold, e.inference_time.timestamp())
+        new = sum(fresh)
         if new:
             self.screening_changed = True
         return new
@@ -586,6 +598,9 @@ class Monitor:
             "sequential": {k.name: by[(k.name, "count")].statistic for k in CHECKS
                            if k.kind == "sequential" and (k.name, "count") in by} or None,
             "incidents": incidents,
+            # the share check's sequential view: log S, its threshold, the tail bounds it judges by
+            "screening": self.screening_detector.summary(now)
+            if self.screening_detector is not None and self.screening_detector.seen else None,
             "quality": self.quality,
         }
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from signwatch.monitoring import checks as c
 from signwatch.monitoring.baseline import CONFIDENCE_FEATURE, MARGIN_FEATURE, Baseline, Thresholds
 from signwatch.monitoring.checks import CheckResult, WindowCounts
+from signwatch.monitoring.screening_sequential import SEQUENTIAL_PART as SCREENING_SEQUENTIAL_PART
 from signwatch.monitoring.sequential import SEQUENTIAL_CHECKS
 
 # "Well below the line": a test's p-value this far above its alpha (about 1e-9), or an effect at
@@ -105,6 +106,16 @@ def _completeness_clear(r: CheckResult) -> bool:
                               or 1 - r.observed <= CLEAR_EFFECT * (1 - r.threshold))
 
 
+def _adversarial_clear(r: CheckResult) -> bool:
+    # the window view: p well above alpha; the sequential view (no p-value, log S against its
+    # threshold): as a sequential check
+    if r.failing:
+        return False
+    if r.p_value is None:
+        return r.statistic is None or r.threshold is None or r.statistic < CLEAR_EFFECT * r.threshold
+    return r.p_value >= CLEAR_P_VALUE
+
+
 def _sequential_clear(r: CheckResult) -> bool:
     # no alarm since the evaluation before and the evidence under half the threshold (in logs)
     return not r.failing and (r.statistic is None or r.threshold is None or r.statistic < CLEAR_EFFECT * r.threshold)
@@ -162,12 +173,18 @@ QUALITY = (
 
 # Adversarial images are an attack on the endpoint, not the model's drift: their own incident.
 SCREENING = (
+    # Two views, one check and one budget share: a Shiryaev-Roberts e-detector on each screened
+    # request's score tails against the endpoint's own history (screening_sequential.py, 0.8 of the
+    # share, run by the monitor on the stream), and the windows' binomial test (0.2), which judges
+    # before that history exists.
     Check("adversarial_share", c.ADVERSARIAL_FEATURE, "baseline_drift_check",
-          "one-sided binomial test of the share of screened requests flagged as adversarial against the screening "
-          "threshold's false positive rate (chosen on clean reference images, stored with the baseline)",
+          "Shiryaev-Roberts e-detector on each screened request's score (above the threshold, twice, three "
+          "times) against the tail shares of the endpoint's own history and weather's allowance; and a one-sided "
+          "binomial test of the windows' flagged share against the screening threshold's false positive rate",
           "screening", "nothing", 0.04, "none", "attack",
           "more requests than clean traffic gives read as adversarial (the explainer's screening)",
-          _low_confidence_clear, lambda w, x: c.adversarial_share(w, x.alpha("adversarial_share")),
+          _adversarial_clear,
+          lambda w, x: c.adversarial_share(w, x.alpha("adversarial_share") * (1 - SCREENING_SEQUENTIAL_PART)),
           only_windows=("time", "count")),
 )
 

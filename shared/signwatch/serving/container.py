@@ -2,7 +2,8 @@
 
 The body is one image (PNG, JPEG or ``.npy``; ``Content-Type`` says which or, as
 ``application/octet-stream``, the magic bytes do) or an ``.npy`` batch (N, H, W, 3). The answer is
-the top-k JSON (``InferenceOutput``; for a batch one list per image); errors are
+the top-k JSON (``InferenceOutput``; for a batch one list per image), with ``adversarial_score``
+and ``flagged`` beside it (per image for a batch) when the service screens in its batch; errors are
 ``{"error": {"code", "message"}}`` with the status of their reason.
 """
 
@@ -29,10 +30,13 @@ STATUS_BY_KIND = {"validation": 400, "input": 400, "busy": 429, "unavailable": 5
 
 
 class BatchOutput(BaseModel):
-    """The answer to a batch (an .npy of N images): one top-k list per image."""
+    """The answer to a batch (an .npy of N images): one top-k list per image; with in-inference
+    screening on, one adversarial score and one flag per image too (unwritten when off)."""
 
     predictions: list[list[Prediction]]
     model_version: str
+    adversarial_score: list[float] | None = None
+    flagged: list[bool] | None = None
 
 
 @dataclass
@@ -69,8 +73,11 @@ def _npy_images(body: bytes, settings) -> tuple[list[ImageInput], bool]:
 
 def response_body(result: InferenceResult, batch: bool) -> bytes:
     if batch:  # one prediction list per image, in the order sent
-        output = BatchOutput(predictions=result.predictions, model_version=result.model_version)
-        return output.model_dump_json().encode()
+        screened = result.screenings or []
+        output = BatchOutput(predictions=result.predictions, model_version=result.model_version,
+                             adversarial_score=[s.score for s in screened] if screened else None,
+                             flagged=[s.flagged for s in screened] if screened else None)
+        return output.model_dump_json(exclude_none=True).encode()
     return result.outputs[0].encode()  # the very text the event carries
 
 

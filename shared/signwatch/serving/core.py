@@ -106,7 +106,8 @@ class InferenceRequest:
 @dataclass
 class InferenceResult:
     """Per image, in the order sent: its top-k (best first), its softmax over every class, its
-    output as the canonical JSON (``InferenceOutput``: what its event carries) and its event id."""
+    output as the canonical JSON (``InferenceOutput``: what its event carries) and its event id;
+    with in-inference screening on, its screening (``InferenceScreening``: score, flagged, ...)."""
 
     predictions: list[list[Prediction]]
     probabilities: list[np.ndarray]
@@ -114,6 +115,7 @@ class InferenceResult:
     event_ids: list[str]
     model_version: str
     _events: tuple | None = field(default=None, repr=False)  # what ``publish`` builds the events from
+    screenings: list | None = None  # None: screening off (``Settings.screening_in_inference``)
 
 
 @dataclass
@@ -129,6 +131,8 @@ class InferenceService:
     classifier: object  # signwatch.classifier.Classifier
     publisher: object | None  # signwatch.publishing.EventPublisher; None: capture off
     registry: CollectorRegistry
+    # signwatch.serving.screening.InlineScreening: each batch screened in its forward; None: off
+    screening: object | None = None
 
     def __post_init__(self) -> None:
         from signwatch.serving.admission import BodyBudget  # here: admission.py imports ServingError
@@ -191,13 +195,18 @@ class InferenceService:
         except ImageError as exc:
             raise refused_image(exc) from None
         predictions = [a.predictions for a in answers]
-        outputs = [InferenceOutput(predictions=p, model_version=self.model_version).model_dump_json()
-                   for p in predictions]
+        screenings = [a.screening for a in answers] if self.screening is not None else None
+        if screenings is None:
+            outputs = [InferenceOutput(predictions=p, model_version=self.model_version).model_dump_json()
+                       for p in predictions]
+        else:
+            outputs = [InferenceOutput(predictions=p, model_version=self.model_version, adversarial_score=s.score,
+                                       flagged=s.flagged).model_dump_json() for p, s in zip(predictions, screenings)]
         latency_ms = (time.perf_counter() - started) * 1000
         self.latency.observe(latency_ms / 1000)
-        events = (request, event_ids, outputs, when, latency_ms) if self.publisher is not None else None
+        events = (request, event_ids, outputs, when, latency_ms, screenings) if self.publisher is not None else None
         return InferenceResult(predictions, [a.probabilities for a in answers], outputs, event_ids,
-                               self.model_version, events)
+                               self.model_version, events, screenings)
 
     def publish(self, result: InferenceResult) -> None:
         """Hand the result's events to the publisher (an enqueue). The transport calls it once the
@@ -248,7 +257,9 @@ class InferenceService:
                 image.image_hash = perceptual_hash(image.pixels)
             ready.append(i)
         if ready:
-            classified = self.classifier.classify([(queued[i].image.pixels, queued[i].event_id) for i in ready])
+            requests = [(queued[i].image.pixels, queued[i].event_id) for i in ready]
+            classified = (self.classifier.classify(requests) if self.screening is None
+                          else self.screening.classify(self.classifier, requests))
             for i, c in zip(ready, classified):
                 answers[i] = c
         for item in queued:  # the pixels are not needed any more; the request keeps its payloads
@@ -276,9 +287,9 @@ class InferenceService:
             raise
 
     def _publish(self, request: InferenceRequest, event_ids: list[str], outputs: list[str], when,
-                 latency_ms: float) -> None:
+                 latency_ms: float, screenings: list | None) -> None:
         s = self.settings
-        for image, event_id, text in zip(request.images, event_ids, outputs):
+        for i, (image, event_id, text) in enumerate(zip(request.images, event_ids, outputs)):
             raw, ctype = image.payload, image.content_type
             claim = len(raw) > s.inline_input_limit_bytes  # decided once, on the raw bytes
             ref = input_key(s.endpoint, when, event_id, ctype) if claim else None
@@ -288,7 +299,7 @@ class InferenceService:
                 input=make_input_payload(raw, ctype, observed_content_type=request.observed_content_type, ref=ref,
                                          sha256=image.sha256),
                 output_json=text, response_type=OUTPUT_TYPE, latency_ms=round(latency_ms, 3),
-                image_hash=image.image_hash,
+                image_hash=image.image_hash, screening=screenings[i] if screenings is not None else None,
             )
             self.publisher.submit(EncodedEvent(event_id, value, ref, ctype), raw if claim else None)
 

@@ -10,7 +10,9 @@ written out in JSON (``data``; a BYTES element is a base64 string: JSON holds on
 clients send bytes as UTF-8 strings) or, with the binary tensor data extension, as raw bytes after
 the JSON header (``Inference-Header-Content-Length``; BYTES elements each a 4-byte little-endian
 length and the bytes, as Triton writes them). It answers ``probabilities`` (``FP32``
-``[N, classes]``, the softmax) and ``class_ids`` (``INT64`` ``[N, k]``, best first), each in JSON
+``[N, classes]``, the softmax) and ``class_ids`` (``INT64`` ``[N, k]``, best first), and with
+in-inference screening on ``adversarial_score`` (``FP32`` ``[N]``) and ``flagged`` (``BOOL``
+``[N]``) too (declared in the model metadata only then), each in JSON
 or, when asked per output (``"parameters": {"binary_data": true}``) or for all
 (``binary_data_output``), as raw little-endian bytes after the JSON. Errors are ``{"error": "..."}``.
 
@@ -51,6 +53,9 @@ PIXELS, ENCODED = "images", "image_bytes"
 INPUT_TYPES = {PIXELS: "UINT8", ENCODED: "BYTES"}
 PROBABILITIES, CLASS_IDS = "probabilities", "class_ids"
 OUTPUTS = (PROBABILITIES, CLASS_IDS)
+# Answered (and declared in the model's metadata) only when the service screens in its batch.
+ADVERSARIAL_SCORE, FLAGGED = "adversarial_score", "flagged"
+SCREENING_OUTPUTS = (ADVERSARIAL_SCORE, FLAGGED)
 NOT_FOUND = ("unknown_model", "unknown_version")
 # Parsed on the event loop up to these sizes; above them in the decode pool.
 LOOP_MAX_JSON_BYTES = 4096
@@ -102,14 +107,23 @@ def server_metadata() -> dict:
     return {"name": SERVER_NAME, "version": signwatch.__version__, "extensions": EXTENSIONS}
 
 
-def model_metadata(name: str, version: str, num_classes: int, top_k: int) -> dict:
+def model_metadata(name: str, version: str, num_classes: int, top_k: int, screened: bool = False) -> dict:
+    """``screened``: the service screens in its batch, and answers the screening outputs too."""
+    outputs = [{"name": PROBABILITIES, "datatype": "FP32", "shape": [-1, num_classes]},
+               {"name": CLASS_IDS, "datatype": "INT64", "shape": [-1, top_k]}]
+    if screened:
+        outputs += [{"name": ADVERSARIAL_SCORE, "datatype": "FP32", "shape": [-1]},
+                    {"name": FLAGGED, "datatype": "BOOL", "shape": [-1]}]
     return {
         "name": name, "versions": [version], "platform": PLATFORM,
         "inputs": [{"name": PIXELS, "datatype": "UINT8", "shape": [-1, -1, -1, 3]},
                    {"name": ENCODED, "datatype": "BYTES", "shape": [-1]}],
-        "outputs": [{"name": PROBABILITIES, "datatype": "FP32", "shape": [-1, num_classes]},
-                    {"name": CLASS_IDS, "datatype": "INT64", "shape": [-1, top_k]}],
+        "outputs": outputs,
     }
+
+
+def answered_outputs(screened: bool) -> tuple[str, ...]:
+    return OUTPUTS + SCREENING_OUTPUTS if screened else OUTPUTS
 
 
 # ---- the request
@@ -117,9 +131,10 @@ async def parse_infer(service, body: bytes, header_length: str | None) -> V2Requ
     """The request's images and what it asks back; raises ServingError. Heavy parsing runs in the
     core's decode pool (``service.offload``), never on the event loop."""
     json_length = _json_length(header_length, len(body))
+    screened = service.screening is not None
     if json_length <= LOOP_MAX_JSON_BYTES and len(body) <= LOOP_MAX_BODY_BYTES:
-        return parse_infer_body(body, json_length, service.settings)
-    return await service.offload(parse_infer_body, body, json_length, service.settings)
+        return parse_infer_body(body, json_length, service.settings, screened)
+    return await service.offload(parse_infer_body, body, json_length, service.settings, screened)
 
 
 def _json_length(header_length: str | None, body_length: int) -> int:
@@ -132,10 +147,11 @@ def _json_length(header_length: str | None, body_length: int) -> int:
     return int(length)
 
 
-def parse_infer_body(body: bytes, json_length: int, settings) -> V2Request:
+def parse_infer_body(body: bytes, json_length: int, settings, screened: bool = False) -> V2Request:
     """Parse an infer request: the JSON header (``json_length`` bytes) and the binary data after it.
     Checks the envelope, the tensor's name, datatype and shape against its data, and the images'
-    count and size (``settings``: max_batch_images, max_image_side, max_image_pixels)."""
+    count and size (``settings``: max_batch_images, max_image_side, max_image_pixels).
+    ``screened``: the screening outputs may be asked for (and are answered when none are named)."""
     view = memoryview(body)
     try:
         doc = orjson.loads(view[:json_length])
@@ -146,7 +162,8 @@ def parse_infer_body(body: bytes, json_length: int, settings) -> V2Request:
     request_id = _request_id(doc.get("id"))
     parameters = _object(doc.get("parameters"), "parameters")
     track = _track(parameters.get("track"))
-    outputs = _requested_outputs(doc.get("outputs"), _flag(parameters, "binary_data_output", False))
+    outputs = _requested_outputs(doc.get("outputs"), _flag(parameters, "binary_data_output", False),
+                                 answered_outputs(screened))
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1:
         count = len(inputs) if isinstance(inputs, list) else 0
@@ -200,16 +217,16 @@ def _flag(parameters: dict, name: str, default: bool) -> bool:
     return value
 
 
-def _requested_outputs(value, binary_default: bool) -> list[tuple[str, bool]]:
+def _requested_outputs(value, binary_default: bool, answered: tuple[str, ...] = OUTPUTS) -> list[tuple[str, bool]]:
     if value is None or value == []:
-        return [(name, binary_default) for name in OUTPUTS]
+        return [(name, binary_default) for name in answered]
     if not isinstance(value, list):
         raise bad_request("'outputs' must be a list")
     outputs = []
     for item in value:
         name = item.get("name") if isinstance(item, dict) else None
-        if not isinstance(name, str) or name not in OUTPUTS:
-            raise bad_request(f"unknown output {name!r}: this model answers {', '.join(OUTPUTS)}")
+        if not isinstance(name, str) or name not in answered:
+            raise bad_request(f"unknown output {name!r}: this model answers {', '.join(answered)}")
         if any(name == n for n, _ in outputs):
             raise bad_request(f"output '{name}' is asked twice")
         parameters = _object(item.get("parameters"), f"outputs[{name}].parameters")
@@ -368,6 +385,9 @@ def response(request: V2Request, result: InferenceResult, model_name: str) -> V2
     probabilities = np.stack(result.probabilities).astype("<f4", copy=False)
     class_ids = np.array([[p.class_id for p in row] for row in result.predictions], dtype="<i8")
     tensors = {PROBABILITIES: ("FP32", probabilities), CLASS_IDS: ("INT64", class_ids)}
+    if result.screenings is not None:
+        tensors[ADVERSARIAL_SCORE] = ("FP32", np.array([s.score for s in result.screenings], dtype="<f4"))
+        tensors[FLAGGED] = ("BOOL", np.array([s.flagged for s in result.screenings], dtype=np.bool_))
     outputs, blobs = [], []
     for name, binary in request.outputs:
         datatype, array = tensors[name]
