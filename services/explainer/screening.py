@@ -98,12 +98,10 @@ class _Taken:
 
 def _from_inference(event: InferenceEvent) -> ScreeningEvent:
     """The screening event of an inference event the inference service screened in its batch."""
-    s, top = event.screening, event.output.predictions[0]
-    return ScreeningEvent(
-        event_id=event.event_id, inference_time=event.time, endpoint=event.endpoint, variant=event.variant,
-        model_version=event.model_version, score=s.score, flagged=s.flagged, threshold=s.threshold, fpr=s.fpr,
-        squeezer=s.squeezer, signal=s.signal, predicted_class=top.class_id,
-        probability=min(1.0, max(0.0, top.probability)), calibration_id=s.calibration_id)
+    top = event.output.predictions[0]
+    return ScreeningEvent(**event.screening.model_dump(), event_id=event.event_id, inference_time=event.time,
+                          endpoint=event.endpoint, variant=event.variant, model_version=event.model_version,
+                          predicted_class=top.class_id, probability=top.probability)
 
 
 @dataclass
@@ -135,7 +133,8 @@ class ScreeningHandler:
             # Screened in the inference batch (SIGNWATCH_SCREENING_IN_INFERENCE): its score is the one
             # the client got, published as is, with no forward here and no sampling (it costs nothing).
             # Only a flagged one is decoded, so that its triptych can be drawn for the dashboard.
-            pixels = self._pixels(event) if event.screening.flagged and self.flagged is not None else None
+            drawn = event.screening.flagged and self.flagged is not None and self.calibrations.get() is not None
+            pixels = self._pixels(event) if drawn else None  # the squeezed copy needs the calibration's squeezers
             self._take(_Taken(event, pixels))
             return None
         if not should_sample(event.event_id, self.sample_rate * 100):

@@ -149,9 +149,9 @@ INFERENCE_SCHEMA = "signwatch.inference/v3"
 INFERENCE_SCHEMA_SCREENED = "signwatch.inference/v4"
 
 
-class InferenceScreening(BaseModel):
-    """How the inference service screened the image in its batch (v4): what the explainer's
-    ``ScreeningEvent`` says of an event it screens, so that one can be built from this alone."""
+class ScreeningScore(BaseModel):
+    """An image's adversarial score and what judged it: declared once for the inference event's
+    ``screening`` block (v4) and the explainer's ``ScreeningEvent``, so one is built from the other."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -160,10 +160,15 @@ class InferenceScreening(BaseModel):
     flagged: bool = Field(description="score above threshold: reads as an attack")
     threshold: float = Field(allow_inf_nan=False)
     fpr: Probability = Field(description="the false positive rate on clean reference images the threshold was "
-                             "chosen for")
+                             "chosen for: the flagged share expected of clean traffic")
     squeezer: Text = Field(description="the squeezed copy that moved the answer most (shift:1, down:2, ...)")
     signal: Text = Field(description="what is measured under each squeezer: margin_drop or softmax_l1")
     calibration_id: Text | None = Field(None, description="the calibration's store key or file it came from")
+
+
+class InferenceScreening(ScreeningScore):
+    """How the inference service screened the image in its batch (v4): all a ``ScreeningEvent``
+    says of its score."""
 
 
 class InferenceEvent(_Event):
@@ -408,7 +413,7 @@ class ExplanationEvent(_Event):
         return self.model_dump_json(by_alias=True).encode()
 
 
-class ScreeningEvent(_Event):
+class ScreeningEvent(_Event, ScreeningScore):
     """One screened inference event: its adversarial score (``signwatch.screening``) and whether
     it crossed the threshold chosen on clean reference images for ``fpr`` false positives. The
     explainer publishes one per inference event it screens (all, or a sampled share); the monitor
@@ -423,17 +428,8 @@ class ScreeningEvent(_Event):
     endpoint: Name
     variant: Name
     model_version: Text
-    score: float = Field(allow_inf_nan=False, description="adversarial score: 0 at the clean reference's median, "
-                         "1 at its 99th percentile (per squeezer, the largest)")
-    flagged: bool = Field(description="score above threshold: reads as an attack")
-    threshold: float = Field(allow_inf_nan=False)
-    fpr: Probability = Field(description="the false positive rate on clean reference images the threshold was "
-                             "chosen for: the flagged share expected of clean traffic")
-    squeezer: Text = Field(description="the squeezed copy that moved the answer most (shift:1, down:2, ...)")
-    signal: Text = Field(description="what is measured under each squeezer: margin_drop or softmax_l1")
     predicted_class: ClassId
     probability: Probability = Field(description="the model's top-1 probability on the image as screened")
-    calibration_id: Text | None = Field(None, description="the calibration's store key or file it came from")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -257,3 +257,32 @@ def test_the_dashboard_lists_flagged_requests_newest_first_and_serves_only_their
         r = client.get("/dashboard/flagged/image", params={"key": bad})
         assert r.status_code == 404, bad
     assert client.get("/dashboard/panel", params={"key": old_key}).status_code == 404, "not an explanation panel"
+
+
+def test_an_event_flagged_in_inference_is_listed_with_its_triptych_and_its_own_score(tmp_path, shipped):
+    from prometheus_client import CollectorRegistry
+
+    from signwatch.config import Settings
+    from signwatch.events import INFERENCE_SCHEMA_SCREENED, InferenceScreening
+    from signwatch.monitoring.baseline import store_prefix
+    from signwatch.ports.bus_memory import MemoryBus
+    from signwatch.screening import ScreeningCalibration, stored
+    from signwatch_services.explainer.screening import build_screening_loop
+    from tests.unit.test_screening_services import _rendered_events
+
+    model, spec = shipped
+    store, state = FileStore(tmp_path), MemoryState()
+    stored.write_store(store, store_prefix("ep"), ScreeningCalibration.from_json(json.loads(stored.SHIPPED.read_text())))
+    s = Settings(bus_url="memory://", store_url=tmp_path.as_uri(), state_url="memory://", endpoint="ep")
+    bus, registry = MemoryBus(f"flagged-pre-{tmp_path.name}"), CollectorRegistry()
+    loop = build_screening_loop(s, bus, store, model, spec, registry, state=state)
+    events = [e.model_copy(update={"schema_": INFERENCE_SCHEMA_SCREENED, "screening": InferenceScreening(
+        score=9.5 if i == 0 else 0.1, flagged=i == 0, threshold=1.2, fpr=0.01, squeezer="shift:1",
+        signal="margin_drop")}) for i, e in enumerate(_rendered_events(spec, 3))]
+    for e in events:
+        bus.publish("signwatch.inference", e.event_id, e.to_bytes())
+    while loop.run_once():
+        pass
+    [listed] = read_entries(state, "ep")
+    assert listed.event_id == events[0].event_id and listed.score == 9.5  # the score the client got
+    assert listed.missing is None and all(store.exists(k) for k in listed.images.values())
